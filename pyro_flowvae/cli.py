@@ -1,0 +1,148 @@
+"""The ``pyro-flowvae`` command: train, evaluate, sample, compare, config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from pyro_flowvae.errors import FlowVAEError
+
+__all__ = ["main", "build_parser"]
+
+EPILOG = """examples:
+  pyro-flowvae train examples/configs/mnist_iaf.toml --out runs/iaf --set data.root=DATA --set train.epochs=5
+  pyro-flowvae train examples/configs/mnist_iaf.toml --out runs/iaf --set train.epochs=10 --resume
+  pyro-flowvae evaluate runs/iaf --iw-samples 5000
+  pyro-flowvae sample runs/iaf --num 64 --out samples.png
+  pyro-flowvae compare examples/configs/mnist_mean_field.toml --guides mean_field,planar,iaf --out runs/cmp
+  pyro-flowvae config            # every config key with its default and meaning
+
+Overrides are dotted keys with TOML values: --set guide.flow=planar --set guide.num_flows=16
+--set model.hidden=[300,300] --set data.limit=none. Figures are nats per datapoint."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyro-flowvae",
+        description="Train and score VAEs whose guides are normalizing flows, as Pyro programs.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def overrides(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. --set guide.flow=iaf (repeatable)",
+        )
+
+    p = sub.add_parser(
+        "train",
+        help="train a model, score it and write a run directory",
+        description="Train with SVI, evaluate on the test set, write RUN_DIR (config.toml, "
+        "checkpoint.pt, best.pt, log.jsonl, elbo_curve.png, samples.png, reconstructions.png, "
+        "metrics.json).",
+    )
+    p.add_argument("config", help="TOML config file (see `pyro-flowvae config` for the keys)")
+    p.add_argument("--out", required=True, help="run directory to create (or to resume with --resume)")
+    overrides(p)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint (config must match, except "
+        "train.epochs and other keys that do not change the model)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bars")
+
+    p = sub.add_parser("evaluate", help="re-score a run on its test set (ELBO, IW log p(x), Pareto k)")
+    p.add_argument("run_dir")
+    p.add_argument("--iw-samples", type=int, default=None, help="importance samples K per datapoint")
+    overrides(p)
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("sample", help="draw images from a run's model into a PNG grid")
+    p.add_argument("run_dir")
+    p.add_argument("--num", type=int, default=64, help="number of images")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("compare", help="train one config with several guides and print one table")
+    p.add_argument("config")
+    p.add_argument("--guides", default="mean_field,planar,iaf", help="comma-separated flow names")
+    p.add_argument("--out", required=True, help="folder for one run directory per guide")
+    overrides(p)
+    p.add_argument("--quiet", action="store_true")
+
+    sub.add_parser("config", help="list every config key with its type, default and meaning")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except FlowVAEError as error:
+        print(f"pyro-flowvae {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted; the last finished epoch's checkpoint is intact (resume with --resume)",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pyro_flowvae import runs
+    from pyro_flowvae.config import describe_config, parse_overrides
+
+    if args.command == "config":
+        print(describe_config())
+        return 0
+    if args.command == "train":
+        config = runs.as_config(args.config, args.overrides)
+        if args.quiet:
+            config = config.with_overrides({"train.progress": False})
+        result = runs.train(config, args.out, resume=args.resume, verbose=not args.quiet)
+        _print_metrics(result.metrics)
+        print(f"run directory: {args.out}")
+        return 0
+    if args.command == "evaluate":
+        metrics = runs.evaluate_run(
+            args.run_dir, args.iw_samples, parse_overrides(args.overrides), verbose=not args.quiet
+        )
+        _print_metrics(metrics)
+        return 0
+    if args.command == "sample":
+        runs.sample_run(args.run_dir, args.num, args.out, seed=args.seed)
+        print(f"wrote {args.out}")
+        return 0
+    if args.command == "compare":
+        guides = [g.strip() for g in args.guides.split(",") if g.strip()]
+        overrides = list(args.overrides) + (["train.progress=false"] if args.quiet else [])
+        rows = runs.compare(args.config, guides, args.out, overrides, verbose=not args.quiet)
+        print(runs.format_table(rows))
+        return 0
+    raise AssertionError(args.command)
+
+
+def _print_metrics(metrics: dict) -> None:
+    keys = (
+        "guide",
+        "epochs",
+        "test_elbo",
+        "test_log_px",
+        "test_log_px_stderr",
+        "iw_samples",
+        "pareto_k_share_above_0_7",
+        "active_units",
+        "train_examples_per_s",
+        "device",
+    )
+    print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))

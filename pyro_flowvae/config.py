@@ -1,0 +1,415 @@
+"""Declarative run configuration: dataclasses, TOML files, dotted overrides and validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import tomli_w
+
+from pyro_flowvae.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "GuideConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "Config",
+    "load_config",
+    "parse_overrides",
+    "config_diff",
+    "describe_config",
+]
+
+LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
+DATASET_NAMES = ("mnist", "fashion_mnist", "binarized_mnist", "npz")
+BINARIZE_MODES = ("dynamic", "static", "none")
+ELBOS = ("trace", "mean_field", "jit")
+OPTIMIZERS = ("adam", "clipped_adam")
+DEVICES = ("auto", "cpu", "cuda")
+ACTIVATIONS = ("relu", "elu", "softplus", "tanh", "gelu")
+PRIORS = ("standard_normal",)
+
+
+def _doc(text: str, **extra: Any) -> dict[str, Any]:
+    return {"help": text, **extra}
+
+
+@dataclass
+class DataConfig:
+    """Where the data come from and how they are prepared."""
+
+    name: str = field(default="mnist", metadata=_doc("data set", choices=DATASET_NAMES))
+    root: str = field(
+        default="data",
+        metadata=_doc("folder holding MNIST/raw, FashionMNIST/raw or binarized_mnist.npz (read-only is fine)"),
+    )
+    path: str | None = field(default=None, metadata=_doc("a .npy/.npz file, for data.name = 'npz'"))
+    limit: int | None = field(default=None, metadata=_doc("use only the first N training examples (none: all)", min=1))
+    valid_size: int = field(default=10000, metadata=_doc("examples held out of the training set for validation", min=1))
+    binarize: str = field(
+        default="dynamic",
+        metadata=_doc(
+            "grey images to binary: resampled every epoch (dynamic), thresholded once (static), or kept",
+            choices=BINARIZE_MODES,
+        ),
+    )
+    download: bool = field(default=False, metadata=_doc("download MNIST/Fashion-MNIST when absent"))
+    cache_dir: str | None = field(
+        default=None, metadata=_doc("writable folder for extracted files when data.root is read-only")
+    )
+
+
+@dataclass
+class ModelConfig:
+    """The generative model p(x, z) = p(z) p(x | z)."""
+
+    latent_dim: int = field(default=32, metadata=_doc("dimension L of the latent z", min=1))
+    hidden: list[int] = field(
+        default_factory=lambda: [512],
+        metadata=_doc("hidden widths of the encoder MLP; the decoder uses them reversed", min=1),
+    )
+    activation: str = field(default="relu", metadata=_doc("hidden activation", choices=ACTIVATIONS))
+    likelihood: str = field(
+        default="bernoulli",
+        metadata=_doc(
+            "p(x | z): Bernoulli (binary data), ContinuousBernoulli ([0,1]), Gaussian (real)",
+            choices=LIKELIHOODS,
+        ),
+    )
+    prior: str = field(default="standard_normal", metadata=_doc("p(z)", choices=PRIORS))
+
+
+@dataclass
+class GuideConfig:
+    """The amortized guide q(z | x): a Gaussian base, optionally pushed through a flow."""
+
+    flow: str = field(
+        default="mean_field",
+        metadata=_doc("flow family (mean_field, planar, radial, householder, iaf, spline, ...)"),
+    )
+    num_flows: int = field(default=4, metadata=_doc("number of flow layers K (ignored by mean_field)", min=0))
+    options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=_doc("family options, e.g. hidden_dims for iaf, count_bins for spline"),
+    )
+    min_scale: float = field(default=1e-4, metadata=_doc("floor added to the base Gaussian's scale", min=0.0))
+
+
+@dataclass
+class TrainConfig:
+    """Stochastic variational inference."""
+
+    epochs: int = field(default=10, metadata=_doc("passes over the training set", min=1))
+    batch_size: int = field(default=128, metadata=_doc("minibatch size", min=1))
+    lr: float = field(default=1e-3, metadata=_doc("Adam learning rate", min_exclusive=0.0))
+    optimizer: str = field(default="adam", metadata=_doc("pyro.optim optimizer", choices=OPTIMIZERS))
+    clip_norm: float | None = field(
+        default=10.0,
+        metadata=_doc("clip each parameter's gradient norm (none: no clipping)", min_exclusive=0.0),
+    )
+    kl_warmup_epochs: float = field(
+        default=0.0,
+        metadata=_doc("epochs over which the KL weight (temperature) rises linearly to 1", min=0.0),
+    )
+    kl_start: float = field(
+        default=0.01, metadata=_doc("KL weight at the first step of the warm-up", min_exclusive=0.0, max=1.0)
+    )
+    elbo: str = field(
+        default="trace",
+        metadata=_doc(
+            "Trace_ELBO, TraceMeanField_ELBO (analytic KL where it exists) or JitTrace_ELBO (torch.jit.trace, "
+            "which torch marks deprecated)",
+            choices=ELBOS,
+        ),
+    )
+    num_particles: int = field(default=1, metadata=_doc("ELBO particles per datapoint", min=1))
+    vectorize_particles: bool = field(default=True, metadata=_doc("draw the particles in one vectorized pass"))
+    patience: int | None = field(
+        default=None,
+        metadata=_doc("stop after this many epochs without a better validation ELBO (none: never)", min=1),
+    )
+    device: str = field(default="auto", metadata=_doc("auto picks CUDA when present", choices=DEVICES))
+    seed: int = field(default=0, metadata=_doc("seed of every random draw", min=0))
+    log_every: int = field(default=50, metadata=_doc("steps between progress-bar updates and NaN checks", min=1))
+    progress: bool = field(default=True, metadata=_doc("show a progress bar (on a terminal)"))
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation on the test set."""
+
+    iw_samples: int = field(
+        default=1000, metadata=_doc("importance samples K per datapoint for log p(x) (IWAE bound)", min=1)
+    )
+    sample_chunk: int = field(default=500, metadata=_doc("importance samples drawn at once", min=1))
+    data_chunk: int = field(default=100, metadata=_doc("test datapoints scored at once", min=1))
+    test_limit: int | None = field(
+        default=None, metadata=_doc("score only the first N test examples (none: all)", min=1)
+    )
+    valid_samples: int = field(default=1, metadata=_doc("samples per datapoint for the validation ELBO", min=1))
+
+
+@dataclass
+class Config:
+    """A whole run: data, model, guide, training and evaluation."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    guide: GuideConfig = field(default_factory=GuideConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    # -- construction ---------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Config:
+        """Build and validate a config from nested dicts (as read from TOML); unknown keys are errors."""
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"a config must be a table of sections, got {type(raw).__name__}")
+        sections = {f.name: f for f in fields(cls)}
+        kwargs = {}
+        for name, value in raw.items():
+            if name not in sections:
+                raise ConfigError(_unknown_key_message(name, sections, prefix=""))
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"[{name}] must be a table of keys, got {value!r}")
+            kwargs[name] = _build_section(sections[name].default_factory, name, value)  # type: ignore[misc]
+        config = cls(**kwargs)
+        config.validate()
+        return config
+
+    @classmethod
+    def from_file(cls, path: str | Path, overrides: Iterable[str] | Mapping[str, Any] | None = None) -> Config:
+        """Read a TOML file, apply dotted overrides (``"guide.flow=iaf"`` or ``{"guide.flow": "iaf"}``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path} is not valid TOML: {error}") from None
+        return cls.from_dict(_apply_overrides(raw, overrides))
+
+    def with_overrides(self, overrides: Iterable[str] | Mapping[str, Any]) -> Config:
+        """A new validated config with dotted overrides applied."""
+        return Config.from_dict(_apply_overrides(self.to_dict(), overrides))
+
+    # -- output ---------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dicts; keys whose value is None are left out (TOML has no null)."""
+        return _drop_none(dataclasses.asdict(self))
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_toml())
+
+    # -- checks ---------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check every key's type, range and choices; raise ConfigError naming the key and the fix."""
+        for section in fields(self):
+            _validate_section(getattr(self, section.name), section.name)
+        if self.data.name == "npz" and not self.data.path:
+            raise ConfigError("data.name = 'npz' needs data.path, the .npy/.npz file to read")
+        from pyro_flowvae.flows import FLOWS
+
+        if self.guide.flow not in FLOWS:
+            known = ", ".join(sorted(FLOWS))
+            raise ConfigError(f"unknown flow guide.flow = {self.guide.flow!r}; choose one of: {known}")
+        if self.guide.flow != "mean_field" and self.guide.num_flows < 1:
+            raise ConfigError(
+                f"guide.num_flows = {self.guide.num_flows} but guide.flow = {self.guide.flow!r} needs at least 1 "
+                "layer; set guide.num_flows >= 1 or guide.flow = 'mean_field'"
+            )
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] | Mapping[str, Any] | None = None) -> Config:
+    """The defaults, or a TOML file, with dotted overrides applied and everything validated."""
+    if path is None:
+        return Config.from_dict(_apply_overrides({}, overrides))
+    return Config.from_file(path, overrides)
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """Parse ``key.sub=value`` strings; values are read as TOML (``4``, ``1e-3``, ``[400, 400]``,
+    ``true``), bare words as strings; ``none``/``null`` unset a key that may be unset (``data.limit=none``)."""
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or "." not in key:
+            raise ConfigError(
+                f"override {item!r} must look like section.key=value, e.g. guide.flow=iaf or train.epochs=5"
+            )
+        parsed[key] = _parse_value(text.strip())
+    return parsed
+
+
+def config_diff(a: Config | Mapping[str, Any], b: Config | Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ between two configs, mapped to (value in a, value in b)."""
+    flat_a = _flatten(a.to_dict() if isinstance(a, Config) else dict(a))
+    flat_b = _flatten(b.to_dict() if isinstance(b, Config) else dict(b))
+    return {
+        k: (flat_a.get(k), flat_b.get(k)) for k in sorted(set(flat_a) | set(flat_b)) if flat_a.get(k) != flat_b.get(k)
+    }
+
+
+def describe_config() -> str:
+    """One line per key: dotted name, type, default, meaning and allowed values (for --help and docs)."""
+    lines = []
+    for section in fields(Config):
+        instance = section.default_factory()  # type: ignore[misc]
+        hints = get_type_hints(type(instance))
+        lines.append(f"[{section.name}]  {type(instance).__doc__}")
+        for f in fields(instance):
+            meta = f.metadata
+            extra = f"  one of: {', '.join(meta['choices'])}" if "choices" in meta else ""
+            type_name = _type_name(hints[f.name])
+            default = getattr(instance, f.name)
+            lines.append(f"  {section.name}.{f.name} ({type_name}, default {default!r}): {meta['help']}{extra}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+    result = _deepcopy_dict(raw)
+    if overrides is None:
+        return result
+    if not isinstance(overrides, Mapping):
+        overrides = parse_overrides(overrides)
+    for key, value in overrides.items():
+        parts = key.split(".")
+        if len(parts) < 2:
+            raise ConfigError(f"override key {key!r} must be dotted, e.g. guide.flow")
+        node = result
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r}: {part!r} is a value, not a table")
+        node[parts[-1]] = value
+    return result
+
+
+def _deepcopy_dict(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deepcopy_dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: _drop_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            flat.update(_flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+def _unknown_key_message(name: str, known: Iterable[str], prefix: str) -> str:
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+    where = f"[{prefix.rstrip('.')}]" if prefix else "the config"
+    return f"unknown key {prefix}{name!r} in {where}{hint}; valid keys: " + ", ".join(prefix + k for k in known)
+
+
+def _build_section(factory: type, name: str, values: Mapping[str, Any]) -> Any:
+    known = {f.name for f in fields(factory)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(_unknown_key_message(key, known, prefix=f"{name}."))
+    return factory(**values)
+
+
+def _type_name(hint: Any) -> str:
+    if get_origin(hint) is not None and get_args(hint):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        inner = " | ".join(_type_name(a) for a in args)
+        if get_origin(hint) is list:
+            return f"list[{inner}]"
+        if get_origin(hint) is dict:
+            return "table"
+        return inner + (" | none" if type(None) in get_args(hint) else "")
+    return getattr(hint, "__name__", str(hint))
+
+
+def _check_type(value: Any, hint: Any, key: str) -> Any:
+    """Return value coerced to hint (int -> float only), or raise ConfigError."""
+    args = get_args(hint)
+    if type(None) in args:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        hint = next(a for a in args if a is not type(None))
+    origin = get_origin(hint)
+    expected = _type_name(hint)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list ({expected}), got {value!r}")
+        (item,) = get_args(hint)
+        return [_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a table, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if not isinstance(value, hint):
+        raise ConfigError(f"{key} must be a {expected}, got {value!r}")
+    return value
+
+
+def _check_range(value: Any, meta: Mapping[str, Any], key: str) -> None:
+    items = value if isinstance(value, list) else [value]
+    for v in items:
+        if v is None or isinstance(v, (str, bool)):
+            continue
+        if "min" in meta and v < meta["min"]:
+            raise ConfigError(f"{key} = {value!r} is out of range: it must be >= {meta['min']}")
+        if "min_exclusive" in meta and v <= meta["min_exclusive"]:
+            raise ConfigError(f"{key} = {value!r} is out of range: it must be > {meta['min_exclusive']}")
+        if "max" in meta and v > meta["max"]:
+            raise ConfigError(f"{key} = {value!r} is out of range: it must be <= {meta['max']}")
+
+
+def _validate_section(section: Any, name: str) -> None:
+    hints = get_type_hints(type(section))
+    for f in fields(section):
+        key = f"{name}.{f.name}"
+        value = _check_type(getattr(section, f.name), hints[f.name], key)
+        setattr(section, f.name, value)
+        meta = f.metadata
+        if "choices" in meta and value not in meta["choices"]:
+            close = difflib.get_close_matches(str(value), meta["choices"], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{key} = {value!r} is not valid{hint}; choose one of: {', '.join(meta['choices'])}")
+        _check_range(value, meta, key)

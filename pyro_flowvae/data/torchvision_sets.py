@@ -1,0 +1,162 @@
+"""MNIST and Fashion-MNIST through ``torchvision.datasets``, offline whenever the raw files are at hand.
+
+torchvision reads ``ROOT/MNIST/raw/*-ubyte`` (``ROOT/FashionMNIST/raw``). When only the original
+``*-ubyte.gz`` files are there, we check their MD5 sums against torchvision's list and decompress them
+ourselves: into ``ROOT/<Set>/raw`` when that folder is writable, otherwise into the cache (``cache_dir``), so
+a read-only root is never written to. Nothing touches the network unless ``download=True`` and the files
+are absent.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from urllib.error import URLError
+
+import torch
+from torch import Tensor
+from torchvision.datasets import MNIST, FashionMNIST
+from torchvision.datasets.utils import check_integrity
+
+from pyro_flowvae.data.paths import default_cache_dir, is_writable_dir
+from pyro_flowvae.errors import DataError
+
+__all__ = ["TORCHVISION_SETS", "IMAGE_SHAPE", "load_torchvision_set"]
+
+#: data set name -> torchvision class
+TORCHVISION_SETS: dict[str, type[MNIST]] = {"mnist": MNIST, "fashion_mnist": FashionMNIST}
+
+#: MNIST and Fashion-MNIST images: one channel of 28 x 28
+IMAGE_SHAPE = (1, 28, 28)
+
+
+def _raw(root: Path, cls: type[MNIST]) -> Path:
+    return root / cls.__name__ / "raw"
+
+
+def _gz_names(cls: type[MNIST]) -> list[str]:
+    return [fname for fname, _ in cls.resources]
+
+
+def _extracted_names(cls: type[MNIST]) -> list[str]:
+    return [fname[: -len(".gz")] for fname, _ in cls.resources]
+
+
+def _has_extracted(root: Path, cls: type[MNIST]) -> bool:
+    raw, processed = _raw(root, cls), root / cls.__name__ / "processed"
+    legacy = all((processed / f).is_file() for f in (cls.training_file, cls.test_file))
+    return legacy or all((raw / f).is_file() for f in _extracted_names(cls))
+
+
+def _has_gz(root: Path, cls: type[MNIST]) -> bool:
+    return all((_raw(root, cls) / f).is_file() for f in _gz_names(cls))
+
+
+def _verify_gz(raw: Path, cls: type[MNIST]) -> None:
+    for fname, md5 in cls.resources:
+        if not check_integrity(raw / fname, md5):
+            raise DataError(
+                f"{raw / fname} is not the original {cls.__name__} file (its MD5 sum differs from {md5}): "
+                f"copy the original file there again, or delete the four *-ubyte.gz files in {raw} and set "
+                "data.download = true to fetch them"
+            )
+
+
+def _extract(src_raw: Path, dst_raw: Path, cls: type[MNIST]) -> None:
+    """Decompress the four .gz files of ``src_raw`` into ``dst_raw``, each written atomically."""
+    dst_raw.mkdir(parents=True, exist_ok=True)
+    for gz_name, name in zip(_gz_names(cls), _extracted_names(cls)):
+        fd, tmp = tempfile.mkstemp(dir=dst_raw, prefix=f".{name}.", suffix=".part")
+        try:
+            with gzip.open(src_raw / gz_name, "rb") as fin, os.fdopen(fd, "wb") as fout:
+                shutil.copyfileobj(fin, fout, length=1 << 20)
+            os.replace(tmp, dst_raw / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _not_found(cls: type[MNIST], root: Path) -> DataError:
+    raw = _raw(root, cls)
+    missing = [gz for gz in _gz_names(cls) if not (raw / gz).is_file()]
+    hint = ""
+    for wrong in (root / "raw", root):
+        if any((wrong / f).is_file() for f in _gz_names(cls) + _extracted_names(cls)):
+            hint = (
+                f" Found {cls.__name__} files in {wrong}, but torchvision reads them from "
+                f"ROOT/{cls.__name__}/raw/: move them to {raw}, or point data.root at the folder that "
+                f"contains {cls.__name__}/raw/."
+            )
+            break
+    return DataError(
+        f"{cls.__name__} data not found. Looked for the extracted *-ubyte files or the original *-ubyte.gz "
+        f"files in {raw} (missing: {', '.join(missing)}). To fix: copy the "
+        f"four files {', '.join(_gz_names(cls))} into {raw}, or set data.download = true (download=True) "
+        f"to fetch them from the internet.{hint}"
+    )
+
+
+def _resolve_root(cls: type[MNIST], root: Path, cache: Path, download: bool) -> Path:
+    """A root under which torchvision finds the extracted files, extracting or downloading them if needed."""
+    if _has_extracted(root, cls):
+        return root
+    if _has_gz(root, cls):
+        if root != cache and _has_extracted(cache, cls):
+            return cache
+        raw = _raw(root, cls)
+        _verify_gz(raw, cls)
+        target = root if is_writable_dir(raw) else cache
+        try:
+            _extract(raw, _raw(target, cls), cls)
+        except OSError as e:
+            raise DataError(
+                f"could not extract the {cls.__name__} files of {raw} into {_raw(target, cls)}: {e}. "
+                "Set data.cache_dir to a writable folder."
+            ) from e
+        return target
+    if not download:
+        raise _not_found(cls, root)
+    target = root if is_writable_dir(root) else cache
+    try:
+        cls(str(target), train=True, download=True)
+    except (RuntimeError, OSError, URLError) as e:
+        raise DataError(
+            f"downloading {cls.__name__} into {_raw(target, cls)} failed: {e}. Copy the four files "
+            f"{', '.join(_gz_names(cls))} into {_raw(root, cls)} instead."
+        ) from e
+    return target
+
+
+def _to_float(images: Tensor) -> Tensor:
+    """uint8 images (N, H, W) -> float32 (N, H*W) in [0, 1]."""
+    return images.reshape(images.shape[0], -1).to(torch.float32).div_(255.0)
+
+
+def load_torchvision_set(
+    name: str,
+    *,
+    root: str | os.PathLike[str] | None,
+    valid_size: int,
+    download: bool,
+    cache_dir: str | os.PathLike[str] | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Grey levels in [0, 1] of MNIST or Fashion-MNIST as (train, valid, test), each float32 (N, 784).
+
+    valid is the last ``valid_size`` images of the official training set, train the ones before it, test the
+    official test set. ``root=None`` means the cache folder, which is also where ``download=True`` puts the
+    files when ``root`` is read-only.
+    """
+    cls = TORCHVISION_SETS[name]
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(name)
+    root_path = Path(root).expanduser() if root is not None else cache
+    source = _resolve_root(cls, root_path, cache, download)
+    train_set = cls(str(source), train=True, download=False)
+    test_set = cls(str(source), train=False, download=False)
+    n = train_set.data.shape[0]
+    if not 0 <= valid_size < n:
+        raise DataError(f"valid_size must be in [0, {n - 1}] for {name} ({n} training images), got {valid_size}")
+    train_all = _to_float(train_set.data)
+    return train_all[: n - valid_size], train_all[n - valid_size :], _to_float(test_set.data)

@@ -1,0 +1,60 @@
+"""Radial flows whose parameters are read from the encoder's hidden state by one linear head."""
+
+from __future__ import annotations
+
+import torch
+from pyro.distributions.transforms.radial import ConditionedRadial
+from torch import Tensor, nn
+from torch.distributions import Transform
+
+from pyro_flowvae.flows.base import INIT_SCALE, ConditionalFlow
+from pyro_flowvae.flows.registry import register_flow
+
+__all__ = ["RadialFlow"]
+
+
+@register_flow("radial")
+class RadialFlow(ConditionalFlow):
+    r"""K radial flows, [1] Eq. (14), with all parameters read from h by one linear head:
+
+        :math:`(\mathbf{z}_{0,k}, \alpha'_k, \beta'_k)_{k=1}^K = \mathrm{Linear}(\mathbf{h})`,
+        :math:`\mathbf{z}_k = \mathbf{z}_{k-1} + \beta_k h(\alpha_k, r)(\mathbf{z}_{k-1} - \mathbf{z}_{0,k})`,
+        :math:`\log|\det J_k| = (L-1)\log(1 + \beta_k h) + \log(1 + \beta_k h + \beta_k h'(\alpha_k, r)\,r)`,
+
+    with :math:`r = \|\mathbf{z}_{k-1} - \mathbf{z}_{0,k}\|`, :math:`h(\alpha, r) = 1/(\alpha + r)`,
+    :math:`\alpha = \mathrm{softplus}(\alpha')` and :math:`\beta = -\alpha + \mathrm{softplus}(\beta')
+    > -\alpha` ([1] Appendix A.2, applied by Pyro's :class:`~pyro.distributions.transforms.radial.
+    ConditionedRadial`), which makes every flow invertible. The head has ``num_flows * (latent_dim + 2)``
+    outputs laid out as K rows of :math:`(\mathbf{z}_{0,k}, \alpha'_k, \beta'_k)`; Pyro takes
+    :math:`\mathbf{z}_0` of shape ``(*batch, L)`` and :math:`\alpha', \beta'` of shape ``(*batch, 1)``.
+    There is no analytic inverse: score only samples the flow drew itself (cache).
+
+    Initialisation: the head's bias is zero, so :math:`\alpha' = \beta'` and :math:`\beta = 0` (the
+    identity) and its weights are PyTorch's default scaled by ``1e-2``: the flow starts near the identity.
+
+    [1] Danilo Jimenez Rezende, Shakir Mohamed. Variational Inference with Normalizing Flows. ICML 2015.
+    [arXiv:1505.05770]
+    """
+
+    has_inverse = False
+    flow_name = "radial"
+
+    def __init__(self, latent_dim: int, context_dim: int, num_flows: int) -> None:
+        super().__init__(latent_dim, context_dim, num_flows)
+        self.head = nn.Linear(context_dim, num_flows * (latent_dim + 2))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Re-initialise the head near the identity flow (see the class docstring)."""
+        self.head.reset_parameters()
+        self.head.weight.mul_(INIT_SCALE)
+        self.head.bias.zero_()
+
+    def forward(self, context: Tensor) -> list[Transform]:
+        self.check_context(context)
+        params = self.head(context).unflatten(-1, (self.num_flows, self.latent_dim + 2))
+        x0, alpha, beta = params.split([self.latent_dim, 1, 1], dim=-1)
+        return [
+            ConditionedRadial(params=(x0[..., k, :], alpha[..., k, :], beta[..., k, :])) for k in range(self.num_flows)
+        ]

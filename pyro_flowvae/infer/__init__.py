@@ -1,0 +1,1 @@
+"""Inference: SVI training, KL warm-up, checkpoints, importance-sampled log-likelihood, evaluation."""

@@ -1,0 +1,57 @@
+"""Checkpoints written atomically, and checked against the config they are resumed with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pyro_flowvae.atomic import atomic_write
+from pyro_flowvae.config import Config, config_diff
+from pyro_flowvae.errors import CheckpointError
+
+__all__ = ["save_checkpoint", "load_checkpoint", "RESUMABLE_KEYS", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+
+#: keys that may change between a run and its resumption (they do not change the model or its training path)
+RESUMABLE_KEYS = (
+    "train.epochs",
+    "train.patience",
+    "train.device",
+    "train.progress",
+    "train.log_every",
+    "data.root",
+    "data.download",
+    "data.cache_dir",
+)
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """``torch.save`` written atomically (temporary file, fsync, ``os.replace``): a crash mid-write leaves
+    the previous checkpoint intact."""
+    atomic_write(path, lambda handle: torch.save({"format_version": FORMAT_VERSION, **state}, handle), binary=True)
+
+
+def load_checkpoint(path: str | Path, config: Config | None = None, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint; when ``config`` is given, refuse one written with a config that differs in any key
+    outside :data:`RESUMABLE_KEYS`, naming each differing key."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; train first (pyro-flowvae train CONFIG --out RUN_DIR)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from None
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} is not a pyro-flowvae checkpoint of format {FORMAT_VERSION}")
+    if config is not None:
+        diff = {k: v for k, v in config_diff(state["config"], config).items() if k not in RESUMABLE_KEYS}
+        if diff:
+            lines = "\n".join(f"  {k}: checkpoint has {a!r}, config has {b!r}" for k, (a, b) in diff.items())
+            raise CheckpointError(
+                f"checkpoint {path} was written with a different config:\n{lines}\n"
+                "resume with the run's own config (RUN_DIR/config.toml) or start a new run directory"
+            )
+    return state

@@ -1,0 +1,5 @@
+"""Generative models p(x, z) written as Pyro programs."""
+
+from pyro_flowvae.models.vae import VAEModel
+
+__all__ = ["VAEModel"]

@@ -1,0 +1,40 @@
+"""Figures for a run directory: the ELBO curve and image grids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+from torchvision.utils import save_image
+
+__all__ = ["plot_elbo_curve", "save_image_grid", "interleave"]
+
+
+def plot_elbo_curve(history: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> None:
+    """Training and validation ELBO (nats per datapoint) against the epoch."""
+    epochs = [r["epoch"] for r in history]
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(epochs, [r["train_elbo"] for r in history], marker="o", label="train ELBO (running, KL-weighted)")
+    ax.plot(epochs, [r["valid_elbo"] for r in history], marker="s", label="validation ELBO")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per datapoint")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=120)
+
+
+def save_image_grid(images: Tensor, image_shape: Sequence[int], path: str | Path, nrow: int = 8) -> None:
+    """Rows of ``images`` (N, D), reshaped to ``image_shape``, as one PNG grid (torchvision)."""
+    grid = images.detach().float().cpu().clamp(0, 1).reshape(-1, *image_shape)
+    save_image(grid, str(path), nrow=nrow, padding=2, pad_value=1.0)
+
+
+def interleave(a: Tensor, b: Tensor) -> Tensor:
+    """Rows a0, b0, a1, b1, ...: originals beside their reconstructions."""
+    return torch.stack([a, b], dim=1).reshape(-1, *a.shape[1:])

@@ -1,0 +1,36 @@
+"""The standard-normal prior p(z) = N(0, I)."""
+
+from __future__ import annotations
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from pyro_flowvae.errors import ConfigError
+
+__all__ = ["StandardNormalPrior", "build_prior"]
+
+
+class StandardNormalPrior(nn.Module):
+    r""":math:`p(z) = \mathcal{N}(0, I_L)`, returned with event shape (L,).
+
+    A prior is a module whose ``forward(batch_shape)`` returns a distribution with that batch shape, so a
+    learned or structured prior (GP over time) can take its place. Its tensors are buffers, so moving the
+    model with ``.to(device)`` moves them.
+    """
+
+    def __init__(self, latent_dim: int) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.register_buffer("loc", torch.zeros(latent_dim))
+        self.register_buffer("scale", torch.ones(latent_dim))
+
+    def forward(self, batch_shape: torch.Size | tuple[int, ...]) -> dist.TorchDistribution:
+        return dist.Normal(self.loc, self.scale).expand((*batch_shape, self.latent_dim)).to_event(1)
+
+
+def build_prior(name: str, latent_dim: int) -> nn.Module:
+    """The prior registered under ``name``."""
+    if name != "standard_normal":
+        raise ConfigError(f"unknown model.prior {name!r}; choose one of: standard_normal")
+    return StandardNormalPrior(latent_dim)

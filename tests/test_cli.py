@@ -1,0 +1,169 @@
+"""The pyro-flowvae command end to end on tiny data, and what bad input gets."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pyro_flowvae.cli import main
+from pyro_flowvae.config import Config
+from tests.conftest import REPO, tiny_config
+
+RUN_FILES = {
+    "config.toml",
+    "checkpoint.pt",
+    "best.pt",
+    "log.jsonl",
+    "elbo_curve.png",
+    "samples.png",
+    "reconstructions.png",
+    "metrics.json",
+}
+METRIC_KEYS = {
+    "test_elbo",
+    "test_log_px",
+    "iw_samples",
+    "train_examples_per_s",
+    "epochs",
+    "guide",
+    "num_params",
+    "device",
+    "seed",
+    "versions",
+    "pareto_k_share_above_0_7",
+    "kl_per_dim",
+    "active_units",
+}
+
+
+@pytest.fixture
+def image_npz(tmp_path):
+    """Binary 4x5 'images' with two prototypes, so the run directory gets image grids."""
+    rng = np.random.default_rng(0)
+    prototypes = rng.random((2, 4, 5)) < 0.5
+    x = np.logical_xor(prototypes[rng.integers(0, 2, 300)], rng.random((300, 4, 5)) < 0.1).astype(np.uint8)
+    path = tmp_path / "images.npz"
+    np.savez(path, train=x[:200], valid=x[200:250], test=x[250:])
+    return path
+
+
+def write_config(tmp_path, npz, overrides=None):
+    path = tmp_path / "config.toml"
+    Config.from_dict(tiny_config(npz, overrides)).save(path)
+    return path
+
+
+def test_train_evaluate_sample_end_to_end(tmp_path, image_npz, capsys):
+    config = write_config(tmp_path, image_npz, {"guide.flow": "planar"})
+    run = tmp_path / "run"
+    assert main(["train", str(config), "--out", str(run), "--set", "guide.num_flows=3", "--quiet"]) == 0
+    assert {p.name for p in run.iterdir()} >= RUN_FILES
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics.keys() >= METRIC_KEYS
+    assert metrics["guide"] == "planar" and metrics["num_flows"] == 3 and metrics["epochs"] == 2
+    assert metrics["test_log_px"] >= metrics["test_elbo"]  # the IW bound with the ELBO's own samples
+    assert metrics["test_log_px"] < 0 and len(metrics["kl_per_dim"]) == 2
+    assert "guide.num_flows" not in capsys.readouterr().err
+
+    assert main(["evaluate", str(run), "--iw-samples", "50", "--quiet"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["iw_samples"] == 50
+    assert main(["sample", str(run), "--num", "9", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_compare_trains_each_guide_and_prints_one_table(tmp_path, image_npz, capsys):
+    config = write_config(tmp_path, image_npz, {"train.epochs": 1})
+    assert main(["compare", str(config), "--guides", "mean_field,iaf", "--out", str(tmp_path / "cmp"), "--quiet"]) == 0
+    table = capsys.readouterr().out
+    assert "| mean_field |" in table and "| iaf |" in table
+    rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())["rows"]
+    assert [r["guide"] for r in rows] == ["mean_field", "iaf"]
+    assert (tmp_path / "cmp" / "iaf" / "metrics.json").is_file()
+
+
+def bad_npz(tmp_path, name, values):
+    path = tmp_path / f"{name}.npz"
+    np.savez(path, train=values, valid=values, test=values)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "match"),
+    [
+        ("unknown_flow", r"unknown flow guide\.flow = 'planr'; choose one of: householder, iaf, mean_field"),
+        ("bad_range", r"guide\.num_flows = -1 is out of range"),
+        ("unknown_key", r"unknown key guide\.'num_flow' .*did you mean guide\.num_flows\?"),
+        ("grey_under_bernoulli", r"bernoulli.*\{0, 1\}.*data\.binarize.*continuous_bernoulli"),
+        ("nan_data", r"NaN"),
+        ("missing_root", r"MNIST.*(data\.download|copy)"),
+        ("existing_run", r"already holds a run"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message_and_loses_nothing(tmp_path, tiny_npz, case, match, capsys):
+    overrides = {
+        "unknown_flow": ["guide.flow=planr"],
+        "bad_range": ["guide.num_flows=-1"],
+        "unknown_key": ["guide.num_flow=3"],
+        "grey_under_bernoulli": [
+            f"data.path={bad_npz(tmp_path, 'grey', np.full((40, 6), 0.5, np.float32))}",
+            "data.binarize=none",
+        ],
+        "nan_data": [f"data.path={bad_npz(tmp_path, 'nan', np.full((40, 6), np.nan, np.float32))}"],
+        "missing_root": ["data.name=mnist", f"data.root={tmp_path / 'nowhere'}"],
+        "existing_run": [],
+    }[case]
+    config = write_config(tmp_path, tiny_npz)
+    run = tmp_path / "run"
+    if case == "existing_run":
+        assert main(["train", str(config), "--out", str(run), "--quiet"]) == 0
+        before = (run / "checkpoint.pt").read_bytes()
+    code = main(["train", str(config), "--out", str(run), "--quiet", *sum([["--set", o] for o in overrides], [])])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pyro-flowvae train: error:")
+
+    assert re.search(match, err, flags=re.S), err
+    if case == "existing_run":
+        assert (run / "checkpoint.pt").read_bytes() == before
+
+
+def test_resume_mismatch_names_keys_through_the_cli(tmp_path, tiny_npz, capsys):
+    config = write_config(tmp_path, tiny_npz, {"train.epochs": 1})
+    run = tmp_path / "run"
+    assert main(["train", str(config), "--out", str(run), "--quiet"]) == 0
+    code = main(
+        [
+            "train",
+            str(config),
+            "--out",
+            str(run),
+            "--resume",
+            "--quiet",
+            "--set",
+            "model.latent_dim=3",
+            "--set",
+            "train.epochs=2",
+        ]
+    )
+    assert code == 2
+    assert "model.latent_dim: checkpoint has 2, config has 3" in capsys.readouterr().err
+
+
+def test_module_entry_point_and_help_answer():
+    out = subprocess.run(
+        [sys.executable, "-m", "pyro_flowvae", "train", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    ).stdout
+    assert "--resume" in out and "--set KEY=VALUE" in out
+    listing = subprocess.run(
+        [sys.executable, "-m", "pyro_flowvae", "config"], capture_output=True, text=True, cwd=REPO, check=True
+    ).stdout
+    assert "guide.flow (str, default 'mean_field')" in listing

@@ -1,0 +1,107 @@
+"""The training loop: resume equals an uninterrupted run, checkpoints are atomic, NaN stops cleanly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pyro_flowvae import runs
+from pyro_flowvae.errors import CheckpointError, FlowVAEError, TrainingDivergedError
+from pyro_flowvae.infer import checkpoint as checkpoint_module
+from pyro_flowvae.infer.checkpoint import load_checkpoint, save_checkpoint
+from tests.conftest import tiny_config
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("flow", ["mean_field", "iaf"])
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_npz, flow):
+    config = tiny_config(tiny_npz, {"guide.flow": flow, "train.epochs": 3, "train.kl_warmup_epochs": 1.5})
+    straight = runs.train(config, tmp_path / "straight")
+    first = runs.train(runs.as_config(config, ["train.epochs=1"]), tmp_path / "resumed")
+    assert len(first.history) == 1
+    resumed = runs.train(config, tmp_path / "resumed", resume=True)
+    assert [r["valid_elbo"] for r in resumed.history] == [r["valid_elbo"] for r in straight.history]
+    last = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
+    assert states_equal(last["vae"], load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["vae"])
+    assert last["epoch"] == 3 and len((tmp_path / "resumed" / "log.jsonl").read_text().splitlines()) == 3
+
+
+def test_resume_with_another_config_names_the_differing_keys(tmp_path, tiny_npz):
+    runs.train(tiny_config(tiny_npz, {"train.epochs": 1}), tmp_path / "run")
+    other = tiny_config(tiny_npz, {"train.epochs": 2, "guide.flow": "planar", "model.latent_dim": 3})
+    with pytest.raises(
+        CheckpointError,
+        match=r"(?s)different config.*guide\.flow: checkpoint has 'mean_field', "
+        r"config has 'planar'.*model\.latent_dim: checkpoint has 2, config has 3",
+    ):
+        runs.train(other, tmp_path / "run", resume=True)
+    with pytest.raises(FlowVAEError, match=r"already holds a run .*pass --resume"):
+        runs.train(tiny_config(tiny_npz), tmp_path / "run")
+    with pytest.raises(FlowVAEError, match=r"holds no checkpoint\.pt to resume from"):
+        runs.train(tiny_config(tiny_npz), tmp_path / "empty", resume=True)
+
+
+def test_nan_loss_mid_training_stops_with_epoch_and_step_and_keeps_the_checkpoint(tmp_path, tiny_npz, monkeypatch):
+    from pyro_flowvae.nets import Decoder
+
+    original = Decoder.forward
+    calls = {"n": 0}
+    steps_per_epoch = 5  # 160 training rows / batch 32
+
+    def poisoned(self, z):
+        calls["n"] += 1
+        out = original(self, z)
+        if self.training and calls["n"] > steps_per_epoch + 2 + 1:  # epoch 1, its validation, then 2 good steps
+            out = out * float("nan")
+        return out
+
+    monkeypatch.setattr(Decoder, "forward", poisoned)
+    config = tiny_config(tiny_npz, {"train.epochs": 3, "train.log_every": 2})
+    with pytest.raises(TrainingDivergedError, match=r"loss became nan at epoch 2, step 3 .*checkpoint\.pt, is intact"):
+        runs.train(config, tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["vae"].values())
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"epoch": 1, "config": {}})
+
+    def dies_midway(obj, handle):
+        handle.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", dies_midway)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"epoch": 2, "config": {}})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left behind
+
+
+def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "checkpoint.pt")
+
+
+def test_early_stopping_and_kl_warmup_are_recorded(tmp_path, tiny_npz):
+    config = tiny_config(
+        tiny_npz, {"train.epochs": 30, "train.lr": 1e-9, "train.patience": 2, "train.kl_warmup_epochs": 2.0}
+    )
+    result = runs.train(config, tmp_path / "run")
+    assert result.metrics["stopped_early"] and result.metrics["epochs"] < 30
+    weights = [r["kl_weight"] for r in result.history]
+    assert weights[0] < weights[1] <= 1.0 and weights[-1] == 1.0
+    assert (tmp_path / "run" / "best.pt").is_file()
+
+
+def test_jit_elbo_trains_through_the_warm_up(tmp_path, tiny_npz):
+    config = tiny_config(tiny_npz, {"train.elbo": "jit", "train.kl_warmup_epochs": 1.0, "train.epochs": 2})
+    result = runs.train(config)
+    assert result.history[-1]["kl_weight"] == 1.0
+    assert result.metrics["test_log_px"] >= result.metrics["test_elbo"]
