@@ -16,7 +16,7 @@ EPILOG = """examples:
   pyro-flowvae train examples/configs/mnist_iaf.toml --out runs/iaf --set train.epochs=10 --resume
   pyro-flowvae evaluate runs/iaf --iw-samples 5000
   pyro-flowvae sample runs/iaf --num 64 --out samples.png
-  pyro-flowvae compare examples/configs/mnist_mean_field.toml --guides mean_field,planar,iaf --out runs/cmp
+  pyro-flowvae compare examples/configs/mnist_mean_field.toml --guides mean_field,planar:16,iaf:2 --out runs/cmp
   pyro-flowvae config            # every config key with its default and meaning
 
 Overrides are dotted keys with TOML values: --set guide.flow=planar --set guide.num_flows=16
@@ -74,7 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="train one config with several guides and print one table")
     p.add_argument("config")
-    p.add_argument("--guides", default="mean_field,planar,iaf", help="comma-separated flow names")
+    p.add_argument(
+        "--guides",
+        default="mean_field,planar,iaf",
+        help="comma-separated flow names, each optionally with its number of layers: mean_field,planar:16,iaf:2",
+    )
     p.add_argument("--out", required=True, help="folder for one run directory per guide")
     overrides(p)
     p.add_argument("--quiet", action="store_true")

@@ -275,7 +275,7 @@ def describe_config() -> str:
         lines.append(f"[{section.name}]  {type(instance).__doc__}")
         for f in fields(instance):
             meta = f.metadata
-            extra = f"  one of: {', '.join(meta['choices'])}" if "choices" in meta else ""
+            extra = f"; one of: {', '.join(meta['choices'])}" if "choices" in meta else ""
             type_name = _type_name(hints[f.name])
             default = getattr(instance, f.name)
             lines.append(f"  {section.name}.{f.name} ({type_name}, default {default!r}): {meta['help']}{extra}")

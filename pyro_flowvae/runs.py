@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from pyro_flowvae.atomic import atomic_write
-from pyro_flowvae.config import Config, load_config
+from pyro_flowvae.config import Config, GuideConfig, load_config
 from pyro_flowvae.data import DataSplits, check_data, load_data
 from pyro_flowvae.errors import ConfigError, FlowVAEError
 from pyro_flowvae.infer.checkpoint import load_checkpoint
@@ -31,6 +31,7 @@ __all__ = [
     "load_run",
     "sample_run",
     "compare",
+    "parse_guide_specs",
     "format_table",
     "versions",
 ]
@@ -210,6 +211,27 @@ def sample_run(run_dir: str | Path, num: int = 64, out: str | Path | None = None
     return images
 
 
+def parse_guide_specs(specs: Sequence[str], base: Config) -> list[Config]:
+    """``name`` or ``name:K`` per guide, each turned into a validated copy of ``base`` with ``guide.flow`` (and
+    ``guide.num_flows``) swapped; a flow without K keeps the base config's K, or the default when that is 0."""
+    from pyro_flowvae.flows import FLOWS
+
+    configs = []
+    for spec in specs:
+        name, _, count = spec.partition(":")
+        if name not in FLOWS:
+            raise ConfigError(f"unknown guide {name!r} in --guides; choose from: {', '.join(sorted(FLOWS))}")
+        overrides: dict[str, Any] = {"guide.flow": name}
+        if count:
+            if not count.isdigit():
+                raise ConfigError(f"--guides entry {spec!r}: K after the colon must be a whole number, e.g. planar:16")
+            overrides["guide.num_flows"] = int(count)
+        elif name != "mean_field" and base.guide.num_flows == 0:
+            overrides["guide.num_flows"] = GuideConfig().num_flows
+        configs.append(base.with_overrides(overrides))
+    return configs
+
+
 def compare(
     config: Config | Mapping[str, Any] | str | Path,
     guides: Sequence[str],
@@ -218,39 +240,23 @@ def compare(
     verbose: bool = False,
 ) -> list[dict[str, Any]]:
     """Train the same model with each guide (``guide.flow`` swapped, all else equal) into ``out/<guide>``;
-    writes ``out/comparison.json`` and returns one row per guide."""
-    base = as_config(config, overrides)
-    from pyro_flowvae.flows import FLOWS
-
-    unknown = [g for g in guides if g not in FLOWS]
-    if unknown:
-        raise ConfigError(f"unknown guide(s) {', '.join(unknown)}; choose from: {', '.join(sorted(FLOWS))}")
-    data = load_run_data(base)
+    ``guides`` holds ``name`` or ``name:K`` (K flow layers). Every config is checked before any training.
+    Writes ``out/comparison.json`` and returns one row per guide."""
+    configs = parse_guide_specs(guides, as_config(config, overrides))
+    data = load_run_data(configs[0])
     rows = []
-    for guide in guides:
-        cfg = base.with_overrides({"guide.flow": guide})
-        result = train(cfg, Path(out) / guide, data=data, verbose=verbose)
+    for cfg, spec in zip(configs, guides):
+        result = train(cfg, Path(out) / spec.replace(":", "_"), data=data, verbose=verbose)
         m = result.metrics
-        rows.append(
-            {
-                key: m[key]
-                for key in (
-                    "guide",
-                    "num_flows",
-                    "test_elbo",
-                    "test_log_px",
-                    "test_log_px_stderr",
-                    "pareto_k_share_above_0_7",
-                    "active_units",
-                    "train_examples_per_s",
-                    "num_params",
-                    "epochs",
-                    "iw_samples",
-                    "device",
-                )
-            }
+        keys = (
+            "guide", "num_flows", "test_elbo", "test_elbo_stderr", "test_log_px", "test_log_px_stderr", "iw_samples",
+            "num_test", "pareto_k_share_above_0_7", "active_units", "train_examples_per_s", "num_params", "epochs",
+            "best_epoch", "device",
+        )  # fmt: skip
+        rows.append({key: m[key] for key in keys})
+        _write_json(
+            Path(out) / "comparison.json", {"rows": rows, "config": configs[0].to_dict(), "versions": versions()}
         )
-    _write_json(Path(out) / "comparison.json", {"rows": rows, "config": base.to_dict(), "versions": versions()})
     return rows
 
 

@@ -167,3 +167,25 @@ def test_module_entry_point_and_help_answer():
         [sys.executable, "-m", "pyro_flowvae", "config"], capture_output=True, text=True, cwd=REPO, check=True
     ).stdout
     assert "guide.flow (str, default 'mean_field')" in listing
+
+
+def test_compare_guide_specs_set_layers_and_fail_before_training(tmp_path, image_npz, capsys):
+    from pyro_flowvae.runs import as_config, parse_guide_specs
+
+    base = as_config(tiny_config(image_npz, {"guide.num_flows": 0}))
+    configs = parse_guide_specs(["mean_field", "planar:5", "iaf"], base)
+    assert [(c.guide.flow, c.guide.num_flows) for c in configs] == [("mean_field", 0), ("planar", 5), ("iaf", 4)]
+    config = write_config(tmp_path, image_npz)
+    out = tmp_path / "cmp"
+    assert main(["compare", str(config), "--guides", "mean_field,planr", "--out", str(out), "--quiet"]) == 2
+    assert "unknown guide 'planr' in --guides" in capsys.readouterr().err
+    assert not out.exists()  # nothing was trained before the bad entry was found
+
+
+def test_evaluating_on_data_of_another_dimension_names_both(tmp_path, image_npz, tiny_npz, capsys):
+    config = write_config(tmp_path, image_npz, {"train.epochs": 1})
+    run = tmp_path / "run"
+    assert main(["train", str(config), "--out", str(run), "--quiet"]) == 0
+    assert main(["evaluate", str(run), "--set", f"data.path={tiny_npz}", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "12 values per example but the model expects data_dim = 20" in err, err

@@ -24,10 +24,18 @@ class ScaleLatents(Messenger):
 
     def __init__(self, scale: float, sites: Iterable[str] | None = None) -> None:
         super().__init__()
-        if not scale > 0:
-            raise ValueError(f"the KL weight must be > 0, got {scale}")
         self.scale = scale
         self.sites = None if sites is None else frozenset(sites)
+
+    @property
+    def scale(self) -> float:
+        return self._scale
+
+    @scale.setter
+    def scale(self, value: float) -> None:
+        if not value > 0:
+            raise ValueError(f"the KL weight must be > 0 (Pyro's scales are positive), got {value}")
+        self._scale = value
 
     def _process_message(self, msg: dict[str, Any]) -> None:
         latent = msg["type"] == "sample" and not msg["is_observed"]
