@@ -49,11 +49,29 @@ def results_block() -> str:
     return "\n\n".join(parts) if parts else "No results recorded yet."
 
 
+def iw_curve_block() -> str:
+    parts = []
+    for path in sorted(RESULTS.glob("iw_curve_*.json")):
+        data = json.loads(path.read_text())
+        lines = [
+            f"The {data['guide']} run above, its first {data['num_test']} test images, scored with growing K "
+            f"(`{path.relative_to(ROOT)}`, `{data['command']}`):",
+            "",
+            "| K | log p(x) (IWAE bound) | ELBO, same samples | Pareto k > 0.7 |",
+            "|---:|---:|---:|---:|",
+        ]
+        for r in data["rows"]:
+            share = "n/a (K < 25)" if r["pareto_k_share_above_0_7"] is None else f"{r['pareto_k_share_above_0_7']:.0%}"
+            lines.append(f"| {r['num_samples']} | {r['log_px']:.2f} | {r['elbo']:.2f} | {share} |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) if parts else "No results recorded yet."
+
+
 def config_block() -> str:
     return "```\n" + describe_config() + "\n```"
 
 
-BLOCKS = {"results-table": results_block, "config-reference": config_block}
+BLOCKS = {"results-table": results_block, "iw-curve": iw_curve_block, "config-reference": config_block}
 
 
 def render(text: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -152,6 +153,13 @@ def test_resume_mismatch_names_keys_through_the_cli(tmp_path, tiny_npz, capsys):
     )
     assert code == 2
     assert "model.latent_dim: checkpoint has 2, config has 3" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("pyro-flowvae") is None, reason="package not installed (pip install -e .)")
+def test_console_script_is_installed_and_answers():
+    out = subprocess.run(["pyro-flowvae", "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("train", "evaluate", "sample", "compare", "config"):
+        assert command in out
 
 
 def test_module_entry_point_and_help_answer():
