@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -27,6 +29,9 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_npz, flow):
     last = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
     assert states_equal(last["vae"], load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["vae"])
     assert last["epoch"] == 3 and len((tmp_path / "resumed" / "log.jsonl").read_text().splitlines()) == 3
+    again = runs.train(config, tmp_path / "resumed", resume=True)  # nothing left to train: re-scores only
+    assert again.metrics["epochs"] == 3 and math.isfinite(again.metrics["train_examples_per_s"])
+    assert again.metrics["test_elbo"] == pytest.approx(resumed.metrics["test_elbo"], abs=1.0)
 
 
 def test_resume_with_another_config_names_the_differing_keys(tmp_path, tiny_npz):

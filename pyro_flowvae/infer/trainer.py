@@ -132,8 +132,9 @@ class Trainer:
             for name in elbo_names
         }
         patience_left = train.patience
+        if resume and state["config"]["train"].get("patience") == train.patience:
+            patience_left = state["patience_left"]  # early stopping resumes where it was
         stopped_early = False
-        step_seconds, step_examples = 0.0, 0
 
         for epoch in range(start_epoch, train.epochs + 1):
             vae.train()
@@ -184,8 +185,6 @@ class Trainer:
                     pending, pending_sizes, first_pending_step = [], [], step + 1
                     tick = time.perf_counter()
             bar.close()
-            step_seconds += epoch_seconds
-            step_examples += epoch_seen
 
             vae.eval()
             with pyro.validation_enabled(False):
@@ -202,11 +201,14 @@ class Trainer:
                 "train_elbo": -epoch_loss / max(epoch_seen, 1),
                 "valid_elbo": valid_elbo,
                 "kl_weight": beta,
+                "examples": epoch_seen,
                 "examples_per_s": epoch_seen / max(epoch_seconds, 1e-9),
                 "seconds": epoch_seconds,
             }
             history.append(record)
-            self._save(vae, optim, history, epoch, best_valid, best_epoch, global_step, generator, improved)
+            self._save(
+                vae, optim, history, epoch, best_valid, best_epoch, global_step, generator, improved, patience_left
+            )
             if self.on_epoch is not None:
                 self.on_epoch(record)
             if patience_left is not None and patience_left <= 0:
@@ -220,7 +222,8 @@ class Trainer:
             history=history,
             best_epoch=best_epoch,
             best_valid_elbo=best_valid,
-            examples_per_s=step_examples / max(step_seconds, 1e-9) if step_examples else float("nan"),
+            # over every epoch of the run, those before a resume included
+            examples_per_s=sum(r["examples"] for r in history) / max(sum(r["seconds"] for r in history), 1e-9),
             stopped_early=stopped_early,
             device=str(self.device),
         )
@@ -253,6 +256,7 @@ class Trainer:
         global_step: int,
         generator: torch.Generator,
         improved: bool,
+        patience_left: int | None,
     ) -> None:
         if self.run_dir is None:
             return
@@ -264,6 +268,7 @@ class Trainer:
             "global_step": global_step,
             "best_valid_elbo": best_valid,
             "best_epoch": best_epoch,
+            "patience_left": patience_left,
             "history": history,
             "vae": vae.state_dict(),
             "optim": optim.get_state(),
