@@ -12,8 +12,8 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-import tempfile
 from pathlib import Path
+from typing import IO
 from urllib.error import URLError
 
 import torch
@@ -21,6 +21,7 @@ from torch import Tensor
 from torchvision.datasets import MNIST, FashionMNIST
 from torchvision.datasets.utils import check_integrity
 
+from pyro_flowvae.atomic import atomic_write
 from pyro_flowvae.data.paths import default_cache_dir, is_writable_dir
 from pyro_flowvae.errors import DataError
 
@@ -67,16 +68,13 @@ def _verify_gz(raw: Path, cls: type[MNIST]) -> None:
 
 def _extract(src_raw: Path, dst_raw: Path, cls: type[MNIST]) -> None:
     """Decompress the four .gz files of ``src_raw`` into ``dst_raw``, each written atomically."""
-    dst_raw.mkdir(parents=True, exist_ok=True)
     for gz_name, name in zip(_gz_names(cls), _extracted_names(cls)):
-        fd, tmp = tempfile.mkstemp(dir=dst_raw, prefix=f".{name}.", suffix=".part")
-        try:
-            with gzip.open(src_raw / gz_name, "rb") as fin, os.fdopen(fd, "wb") as fout:
-                shutil.copyfileobj(fin, fout, length=1 << 20)
-            os.replace(tmp, dst_raw / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        def decompress(handle: IO, src: Path = src_raw / gz_name) -> None:
+            with gzip.open(src, "rb") as fin:
+                shutil.copyfileobj(fin, handle, length=1 << 20)
+
+        atomic_write(dst_raw / name, decompress, binary=True)
 
 
 def _not_found(cls: type[MNIST], root: Path) -> DataError:
