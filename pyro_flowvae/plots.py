@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.utils import save_image
 
-__all__ = ["plot_elbo_curve", "save_image_grid", "interleave"]
+__all__ = ["plot_elbo_curve", "plot_kl_per_dim", "save_image_grid", "interleave"]
 
 
 def plot_elbo_curve(history: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> None:
@@ -26,6 +26,25 @@ def plot_elbo_curve(history: Sequence[dict[str, Any]], path: str | Path, title: 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.savefig(path, dpi=120)
+
+
+def plot_kl_per_dim(kl_per_dim: Sequence[float], active: Sequence[float], path: str | Path, title: str = "") -> None:
+    """KL(q(z_u | x) || p(z_u)) per latent dimension, sorted, with the activity Cov_x E_q[z_u] beside it:
+    a picture of how many dimensions the model uses (posterior collapse shows as a tail of zeros)."""
+    order = sorted(range(len(kl_per_dim)), key=lambda u: -kl_per_dim[u])
+    fig = Figure(figsize=(7, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.bar(range(len(order)), [kl_per_dim[u] for u in order], color="tab:blue", label="KL (nats)")
+    ax.set_xlabel("latent dimension (sorted by KL)")
+    ax.set_ylabel("nats per datapoint")
+    ax.set_xticks(range(len(order)), [str(u) for u in order], fontsize=6)
+    twin = ax.twinx()
+    twin.plot(range(len(order)), [active[u] for u in order], "o", color="tab:orange", label="activity")
+    twin.axhline(0.01, color="tab:orange", linestyle=":", linewidth=1)
+    twin.set_yscale("log")
+    twin.set_ylabel("activity Cov_x E_q[z_u] (dotted: 0.01)")
+    ax.set_title(title)
     fig.savefig(path, dpi=120)
 
 

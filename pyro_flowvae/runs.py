@@ -19,7 +19,7 @@ from pyro_flowvae.errors import ConfigError, FlowVAEError
 from pyro_flowvae.infer.checkpoint import load_checkpoint
 from pyro_flowvae.infer.evaluate import evaluate
 from pyro_flowvae.infer.trainer import BEST, CHECKPOINT, Trainer, resolve_device
-from pyro_flowvae.plots import interleave, plot_elbo_curve, save_image_grid
+from pyro_flowvae.plots import interleave, plot_elbo_curve, plot_kl_per_dim, save_image_grid
 from pyro_flowvae.vae import FlowVAE
 
 __all__ = [
@@ -150,7 +150,7 @@ def train(
         if resume:
             config.save(run_dir / CONFIG_FILE)  # the resumed config may extend train.epochs
         _write_json(run_dir / METRICS_FILE, metrics)
-        _write_figures(run_dir, result.vae, result.history, data, config)
+        _write_figures(run_dir, result.vae, result.history, data, config, metrics)
     return RunResult(run_dir, metrics, result.vae, result.history)
 
 
@@ -302,11 +302,22 @@ def _write_json(path: Path, obj: Any) -> None:
 
 @torch.no_grad()
 def _write_figures(
-    run_dir: Path, vae: FlowVAE, history: list[dict[str, Any]], data: DataSplits, config: Config
+    run_dir: Path,
+    vae: FlowVAE,
+    history: list[dict[str, Any]],
+    data: DataSplits,
+    config: Config,
+    metrics: dict[str, Any],
 ) -> None:
+    title = f"{config.guide.flow} guide, latent {config.model.latent_dim}, {config.data.name}"
     if history:
-        title = f"{config.guide.flow} guide, latent {config.model.latent_dim}, {config.data.name}"
         plot_elbo_curve(history, run_dir / "elbo_curve.png", title=title)
+    plot_kl_per_dim(
+        metrics["kl_per_dim"],
+        metrics["activity_per_dim"],
+        run_dir / "kl_per_dim.png",
+        title=f"{title}: {metrics['active_units']} active units",
+    )
     if data.image_shape is None:
         return
     device = next(vae.parameters()).device
