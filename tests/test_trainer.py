@@ -105,8 +105,13 @@ def test_early_stopping_and_kl_warmup_are_recorded(tmp_path, tiny_npz):
     assert (tmp_path / "run" / "best.pt").is_file()
 
 
-def test_jit_elbo_trains_through_the_warm_up(tmp_path, tiny_npz):
-    config = tiny_config(tiny_npz, {"train.elbo": "jit", "train.kl_warmup_epochs": 1.0, "train.epochs": 2})
+@pytest.mark.parametrize(("elbo", "particles"), [("trace", 3), ("mean_field", 2), ("jit", 1)])
+def test_every_elbo_trains_through_the_trainer_with_warm_up(tmp_path, tiny_npz, elbo, particles):
+    config = tiny_config(
+        tiny_npz,
+        {"train.elbo": elbo, "train.num_particles": particles, "train.kl_warmup_epochs": 1.0, "train.epochs": 3},
+    )
     result = runs.train(config)
     assert result.history[-1]["kl_weight"] == 1.0
+    assert result.history[-1]["valid_elbo"] > result.history[0]["valid_elbo"]
     assert result.metrics["test_log_px"] >= result.metrics["test_elbo"]

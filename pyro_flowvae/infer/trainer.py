@@ -178,7 +178,7 @@ class Trainer:
                         epoch_seen += size
                     bar.update(len(losses))
                     bar.set_postfix(
-                        elbo=f"{-losses[-1] / pending_sizes[-1]:.2f}",
+                        elbo=f"{-epoch_loss / epoch_seen:.2f}",  # running mean over the epoch
                         ex_s=f"{epoch_seen / epoch_seconds:.0f}",
                         kl_w=f"{beta:.2f}",
                     )
