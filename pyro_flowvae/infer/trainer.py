@@ -110,7 +110,9 @@ class Trainer:
         start_epoch, best_valid, best_epoch, global_step = 1, -math.inf, 0, 0
 
         if resume:
-            state = load_checkpoint(self._path(CHECKPOINT), cfg, map_location=self.device)
+            # On the CPU: load_state_dict copies weights to the device, the optimizer moves its moments to
+            # their parameters' device and keeps Adam's step counts on the CPU, and RNG states must be CPU bytes.
+            state = load_checkpoint(self._path(CHECKPOINT), cfg, map_location="cpu")
             vae.load_state_dict(state["vae"])
             optim.set_state(state["optim"])
             history = state["history"]
@@ -295,7 +297,7 @@ def _get_rng_state(generator: torch.Generator) -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     generator.set_state(state["generator"].cpu())
