@@ -102,7 +102,11 @@ class GuideConfig:
     num_flows: int = field(default=4, metadata=_doc("number of flow layers K (ignored by mean_field)", min=0))
     options: dict[str, Any] = field(
         default_factory=dict,
-        metadata=_doc("family options, e.g. hidden_dims for iaf, count_bins for spline"),
+        metadata=_doc(
+            "options per flow family, one table each, e.g. [guide.options.iaf] hidden_dims = [64, 64] or "
+            "--set guide.options.spline.count_bins=16; only the chosen family's table is used, so swapping "
+            "guide.flow needs no other change"
+        ),
     )
     min_scale: float = field(default=1e-4, metadata=_doc("floor added to the base Gaussian's scale", min=0.0))
 
@@ -223,11 +227,19 @@ class Config:
             _validate_section(getattr(self, section.name), section.name)
         if self.data.name == "npz" and not self.data.path:
             raise ConfigError("data.name = 'npz' needs data.path, the .npy/.npz file to read")
-        from pyro_flowvae.flows import FLOWS
+        from pyro_flowvae.flows import check_flow_options
 
-        if self.guide.flow not in FLOWS:
-            known = ", ".join(sorted(FLOWS))
-            raise ConfigError(f"unknown flow guide.flow = {self.guide.flow!r}; choose one of: {known}")
+        check_flow_options(self.guide.flow, {})  # an unknown flow fails before any work, listing the known ones
+        for family, options in self.guide.options.items():
+            if not isinstance(options, Mapping):
+                raise ConfigError(
+                    f"guide.options.{family} must be a table of that family's options, e.g. "
+                    f"[guide.options.iaf] hidden_dims = [64, 64]; got {options!r}"
+                )
+            try:
+                check_flow_options(family, dict(options))
+            except ConfigError as error:
+                raise ConfigError(f"guide.options.{family}: {error}") from None
         if self.guide.flow != "mean_field" and self.guide.num_flows < 1:
             raise ConfigError(
                 f"guide.num_flows = {self.guide.num_flows} but guide.flow = {self.guide.flow!r} needs at least 1 "

@@ -36,7 +36,7 @@ class FlowVAE(nn.Module):
             m.latent_dim,
             flow=g.flow,
             num_flows=g.num_flows if g.flow != "mean_field" else 0,
-            flow_options=g.options,
+            flow_options=g.options.get(g.flow, {}),
             min_scale=g.min_scale,
         )
         return cls(model, guide)

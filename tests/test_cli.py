@@ -96,7 +96,7 @@ def bad_npz(tmp_path, name, values):
 @pytest.mark.parametrize(
     ("case", "match"),
     [
-        ("unknown_flow", r"unknown flow guide\.flow = 'planr'; choose one of: householder, iaf, mean_field"),
+        ("unknown_flow", r"unknown flow 'planr'; choose guide\.flow from: householder, iaf, mean_field"),
         ("bad_range", r"guide\.num_flows = -1 is out of range"),
         ("unknown_key", r"unknown key guide\.'num_flow' .*did you mean guide\.num_flows\?"),
         ("grey_under_bernoulli", r"bernoulli.*\{0, 1\}.*data\.binarize.*continuous_bernoulli"),

@@ -15,7 +15,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
 def test_defaults_validate_and_round_trip_through_toml(tmp_path):
     config = Config()
     config.validate()
-    config.guide.options = {"hidden_dims": [8, 8]}
+    config.guide.options = {"iaf": {"hidden_dims": [8, 8]}}
     config.data.limit = 100
     path = tmp_path / "c.toml"
     config.save(path)
@@ -49,8 +49,8 @@ def test_dotted_overrides_from_cli_strings_and_from_dicts():
         }
     )
     assert config_diff(config, same) == {}
-    nested = load_config(None, ["guide.options.count_bins=6"])
-    assert nested.guide.options == {"count_bins": 6}
+    nested = load_config(None, ["guide.options.spline.count_bins=6"])
+    assert nested.guide.options == {"spline": {"count_bins": 6}}
 
 
 def test_int_accepted_where_float_expected():
@@ -72,7 +72,7 @@ def test_shipped_mnist_configs_differ_only_in_the_guide():
     [
         (
             "guide.flow=planr",
-            r"unknown flow guide\.flow = 'planr'; choose one of: householder, iaf, mean_field",
+            r"unknown flow 'planr'; choose guide\.flow from: householder, iaf, mean_field",
         ),
         ("guide.num_flows=-1", r"guide\.num_flows = -1 is out of range: it must be >= 0"),
         ("model.latent_dim=0", r"model\.latent_dim = 0 is out of range: it must be >= 1"),
@@ -122,3 +122,24 @@ def test_every_key_is_documented():
     for section, instance in vars(Config()).items():
         for key in vars(instance):
             assert f"{section}.{key} (" in text
+
+
+def test_flow_options_are_per_family_and_checked_when_the_config_is_read():
+    with pytest.raises(
+        ConfigError, match=r"guide\.options\.spline: unknown guide\.options key\(s\) 'count_bin'.*accepts"
+    ):
+        load_config(None, ["guide.flow=mean_field", "guide.options.spline.count_bin=4"])
+    with pytest.raises(ConfigError, match=r"guide\.options\.splin: unknown flow 'splin'"):
+        load_config(None, ["guide.options.splin.count_bins=4"])
+    with pytest.raises(ConfigError, match=r"guide\.options\.iaf must be a table"):
+        load_config(None, ["guide.options.iaf=3"])
+    # options of another family do not stop a swap: only the chosen family's table is used
+    config = load_config(
+        None, ["guide.flow=iaf", "guide.options.iaf.hidden_dims=[8]", "guide.options.spline.count_bins=4"]
+    )
+    from pyro_flowvae.vae import FlowVAE
+
+    vae = FlowVAE.from_config(config.with_overrides(["guide.flow=spline", "guide.num_flows=1"]), 5)
+    assert vae.guide.flow.blocks[0].nn.layers[0].out_features == 64  # spline's default width, not iaf's 8
+    vae = FlowVAE.from_config(config.with_overrides(["model.latent_dim=4"]), 5)
+    assert vae.guide.flow.blocks[0].nn.layers[0].out_features == 8

@@ -7,7 +7,14 @@ from pyro_flowvae.flows.householder import HouseholderFlow
 from pyro_flowvae.flows.iaf import IAFFlow
 from pyro_flowvae.flows.planar import PlanarFlow
 from pyro_flowvae.flows.radial import RadialFlow
-from pyro_flowvae.flows.registry import FLOWS, build_flow, flow_names, flow_options, register_flow
+from pyro_flowvae.flows.registry import (
+    FLOWS,
+    build_flow,
+    check_flow_options,
+    flow_names,
+    flow_options,
+    register_flow,
+)
 from pyro_flowvae.flows.spline import SplineFlow
 
 __all__ = [
@@ -21,6 +28,7 @@ __all__ = [
     "RadialFlow",
     "SplineFlow",
     "build_flow",
+    "check_flow_options",
     "flow_names",
     "flow_options",
     "register_flow",

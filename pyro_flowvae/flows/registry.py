@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from pyro_flowvae.errors import ConfigError
 from pyro_flowvae.flows.base import ConditionalFlow, MeanField
 
-__all__ = ["FLOWS", "register_flow", "flow_names", "flow_options", "build_flow"]
+__all__ = ["FLOWS", "register_flow", "flow_names", "flow_options", "check_flow_options", "build_flow"]
 
 #: Registry name -> builder ``(latent_dim, context_dim, num_flows, **options) -> ConditionalFlow``.
 FLOWS: dict[str, Callable[..., ConditionalFlow]] = {}
@@ -57,23 +57,26 @@ def flow_options(name: str) -> dict[str, Any]:
     }
 
 
+def check_flow_options(name: str, options: dict[str, Any]) -> None:
+    """Raise :class:`~pyro_flowvae.errors.ConfigError` for an unknown flow name or an option it does not take."""
+    builder = _lookup(name)
+    if any(p.kind == p.VAR_KEYWORD for p in inspect.signature(builder).parameters.values()):
+        return
+    known = flow_options(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        accepts = f"{name} accepts: {', '.join(sorted(known))}" if known else f"{name} takes no options"
+        raise ConfigError(f"unknown guide.options key(s) {', '.join(map(repr, unknown))} for flow {name!r}; {accepts}")
+
+
 def build_flow(name: str, latent_dim: int, context_dim: int, num_flows: int, **options: Any) -> ConditionalFlow:
     """Build the registered flow family ``name`` for q(z | x) with L = ``latent_dim``, H = ``context_dim``.
 
     Raises :class:`~pyro_flowvae.errors.ConfigError` for an unknown name, an option the family does not
     take, or invalid sizes.
     """
-    builder = _lookup(name)
-    parameters = inspect.signature(builder).parameters.values()
-    if not any(p.kind == p.VAR_KEYWORD for p in parameters):
-        known = flow_options(name)
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            accepts = f"{name} accepts: {', '.join(sorted(known))}" if known else f"{name} takes no options"
-            raise ConfigError(
-                f"unknown guide.options key(s) {', '.join(map(repr, unknown))} for flow {name!r}; {accepts}"
-            )
-    flow = builder(latent_dim, context_dim, num_flows, **options)
+    check_flow_options(name, options)
+    flow = FLOWS[name](latent_dim, context_dim, num_flows, **options)
     if not isinstance(flow, ConditionalFlow):
         raise TypeError(f"the builder of flow {name!r} returned {type(flow).__name__}, not a ConditionalFlow")
     return flow
