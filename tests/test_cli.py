@@ -197,3 +197,20 @@ def test_evaluating_on_data_of_another_dimension_names_both(tmp_path, image_npz,
     assert main(["evaluate", str(run), "--set", f"data.path={tiny_npz}", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "12 values per example but the model expects data_dim = 20" in err, err
+
+
+def test_gaussian_likelihood_on_real_valued_user_data(tmp_path):
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(300, 2)) @ rng.normal(size=(2, 8)) + 0.1 * rng.normal(size=(300, 8))).astype(np.float32)
+    path = tmp_path / "real.npy"
+    np.save(path, x)
+    config = tiny_config(path, {"data.binarize": "none", "model.likelihood": "gaussian", "train.epochs": 3})
+    config_path = tmp_path / "c.toml"
+    Config.from_dict(config).save(config_path)
+    run = tmp_path / "run"
+    assert main(["train", str(config_path), "--out", str(run), "--quiet"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["num_train"] == 240 and metrics["test_log_px"] >= metrics["test_elbo"]
+    history = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert history[-1]["valid_elbo"] > history[0]["valid_elbo"]
+    assert not (run / "samples.png").exists()  # no image shape for (N, 8) arrays: no image grids
