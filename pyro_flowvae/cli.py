@@ -13,7 +13,7 @@ __all__ = ["main", "build_parser"]
 
 EPILOG = """examples:
   pyro-flowvae train examples/configs/mnist_iaf.toml --out runs/iaf --set data.root=DATA --set train.epochs=5
-  pyro-flowvae train examples/configs/mnist_iaf.toml --out runs/iaf --set train.epochs=10 --resume
+  pyro-flowvae train runs/iaf/config.toml --out runs/iaf --resume --set train.epochs=10
   pyro-flowvae evaluate runs/iaf --iw-samples 5000
   pyro-flowvae sample runs/iaf --num 64 --out samples.png
   pyro-flowvae compare examples/configs/mnist_mean_field.toml --guides mean_field,planar:16,iaf:2 --out runs/cmp
@@ -61,16 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bars")
 
     p = sub.add_parser("evaluate", help="re-score a run on its test set (ELBO, IW log p(x), Pareto k)")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run directory written by train")
     p.add_argument("--iw-samples", type=int, default=None, help="importance samples K per datapoint")
     overrides(p)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
     p = sub.add_parser("sample", help="draw images from a run's model into a PNG grid")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run directory written by train")
     p.add_argument("--num", type=int, default=64, help="number of images")
     p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the prior draws")
 
     p = sub.add_parser("compare", help="train one config with several guides and print one table")
     p.add_argument("config")
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="folder for one run directory per guide")
     overrides(p)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
     sub.add_parser("config", help="list every config key with its type, default and meaning")
     return parser
