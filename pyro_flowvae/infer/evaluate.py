@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import pyro
+import pyro.distributions as dist
 import torch
 from torch import Tensor
 
@@ -33,13 +34,12 @@ def latent_statistics(
     means, kls = [], []
     for start in range(0, x.shape[0], batch_size):
         xb = x[start : start + batch_size]
-        context = vae.guide.get_context(xb)
-        if vae.guide.get_transforms(context):
-            z = vae.guide.get_posterior(xb).sample((num_samples,))
+        posterior = vae.guide.get_posterior(xb)
+        if isinstance(posterior, dist.TransformedDistribution):
+            z = posterior.sample((num_samples,))
             m, v = z.mean(0), z.var(0)
-        else:
-            base = vae.guide.get_base_dist(context).base_dist
-            m, v = base.loc, base.scale.pow(2)
+        else:  # the Gaussian base itself: exact moments
+            m, v = posterior.mean, posterior.variance
         means.append(m)
         kls.append(0.5 * (v + m.pow(2) - 1.0 - v.log()))
     mean = torch.cat(means)
