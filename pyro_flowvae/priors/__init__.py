@@ -1,5 +1,23 @@
 """Priors p(z) over the latent site; the GP priors over time plug in here too."""
 
-from pyro_flowvae.priors.standard_normal import StandardNormalPrior, build_prior
+from pyro_flowvae.priors.gp import GPPrior
+from pyro_flowvae.priors.kernels import (
+    KERNELS,
+    build_kernel,
+    evaluate_kernel,
+    kernel_hyperparameters,
+    parse_kernel_expr,
+)
+from pyro_flowvae.priors.standard_normal import StandardNormalPrior, StandardNormalSequencePrior, build_prior
 
-__all__ = ["StandardNormalPrior", "build_prior"]
+__all__ = [
+    "GPPrior",
+    "KERNELS",
+    "StandardNormalPrior",
+    "StandardNormalSequencePrior",
+    "build_kernel",
+    "build_prior",
+    "evaluate_kernel",
+    "kernel_hyperparameters",
+    "parse_kernel_expr",
+]
