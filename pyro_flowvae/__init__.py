@@ -1,4 +1,4 @@
-"""pyro-flowvae: VAEs whose guides are normalizing flows, written as plain Pyro programs.
+"""pyro-flowvae: VAEs whose guides are normalizing flows, and GP-VAEs over time, written as plain Pyro programs.
 
 >>> from pyro_flowvae import load_config, train
 >>> result = train(load_config("examples/configs/mnist_iaf.toml", ["train.epochs=1"]), out="runs/iaf")  # doctest: +SKIP
@@ -9,12 +9,14 @@ __version__ = "0.1.0"
 from pyro_flowvae.config import Config, load_config
 from pyro_flowvae.errors import CheckpointError, ConfigError, DataError, FlowVAEError, TrainingDivergedError
 from pyro_flowvae.flows import FLOWS, build_flow, register_flow
-from pyro_flowvae.guides import AmortizedFlowGuide, ConstantContext
+from pyro_flowvae.gpvae import GPVAE
+from pyro_flowvae.guides import AmortizedFlowGuide, BandedPrecisionNormal, ConstantContext, GPVAEGuide
 from pyro_flowvae.infer.annealing import ScaleLatents
 from pyro_flowvae.infer.importance import estimate_log_likelihood, log_importance_weights
-from pyro_flowvae.models import VAEModel
+from pyro_flowvae.models import SequenceVAEModel, VAEModel
+from pyro_flowvae.priors import GPPrior
 from pyro_flowvae.runs import compare, evaluate_run, sample_run, train
-from pyro_flowvae.vae import FlowVAE
+from pyro_flowvae.vae import FlowVAE, build_vae
 
 __all__ = [
     "__version__",
@@ -34,7 +36,13 @@ __all__ = [
     "estimate_log_likelihood",
     "log_importance_weights",
     "VAEModel",
+    "SequenceVAEModel",
+    "GPPrior",
+    "GPVAEGuide",
+    "BandedPrecisionNormal",
     "FlowVAE",
+    "GPVAE",
+    "build_vae",
     "train",
     "evaluate_run",
     "sample_run",

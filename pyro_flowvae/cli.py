@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -89,10 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    rank = os.environ.get("RANK") if os.environ.get("WORLD_SIZE") else None
+    prefix = f"rank {rank}: " if rank is not None else ""
     try:
         return _run(args)
     except FlowVAEError as error:
-        print(f"pyro-flowvae {args.command}: error: {error}", file=sys.stderr)
+        print(f"{prefix}pyro-flowvae {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
@@ -100,6 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        from pyro_flowvae.infer.distributed import cleanup
+
+        cleanup()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -114,8 +121,9 @@ def _run(args: argparse.Namespace) -> int:
         if args.quiet:
             config = config.with_overrides({"train.progress": False})
         result = runs.train(config, args.out, resume=args.resume, verbose=not args.quiet)
-        _print_metrics(result.metrics)
-        print(f"run directory: {args.out}")
+        if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+            _print_metrics(result.metrics)
+            print(f"run directory: {args.out}")
         return 0
     if args.command == "evaluate":
         metrics = runs.evaluate_run(
@@ -139,6 +147,7 @@ def _run(args: argparse.Namespace) -> int:
 def _print_metrics(metrics: dict) -> None:
     keys = (
         "guide",
+        "prior",
         "epochs",
         "test_elbo",
         "test_log_px",
@@ -146,7 +155,14 @@ def _print_metrics(metrics: dict) -> None:
         "iw_samples",
         "pareto_k_share_above_0_7",
         "active_units",
+        "test_nll_missing",
+        "test_mse_missing",
+        "auroc",
+        "rmse",
+        "mape",
+        "coverage90",
         "train_examples_per_s",
+        "world_size",
         "device",
     )
     print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))

@@ -25,6 +25,8 @@ __all__ = [
     "GuideConfig",
     "TrainConfig",
     "EvalConfig",
+    "GPConfig",
+    "DistributedConfig",
     "Config",
     "load_config",
     "parse_overrides",
@@ -33,13 +35,17 @@ __all__ = [
 ]
 
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
-DATASET_NAMES = ("mnist", "fashion_mnist", "binarized_mnist", "npz")
+IMAGE_DATASETS = ("mnist", "fashion_mnist", "binarized_mnist", "npz")
+SEQUENCE_DATASETS = ("healing_mnist", "airline")
+DATASET_NAMES = IMAGE_DATASETS + SEQUENCE_DATASETS
 BINARIZE_MODES = ("dynamic", "static", "none")
 ELBOS = ("trace", "mean_field", "jit")
 OPTIMIZERS = ("adam", "clipped_adam")
 DEVICES = ("auto", "cpu", "cuda")
 ACTIVATIONS = ("relu", "elu", "softplus", "tanh", "gelu")
-PRIORS = ("standard_normal",)
+PRIORS = ("standard_normal", "gp")
+COVARIANCES = ("diagonal", "banded")
+BACKENDS = ("auto", "gloo", "nccl")
 
 
 def _doc(text: str, **extra: Any) -> dict[str, Any]:
@@ -69,6 +75,13 @@ class DataConfig:
     cache_dir: str | None = field(
         default=None, metadata=_doc("writable folder for extracted files when data.root is read-only")
     )
+    options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=_doc(
+            "options of a sequence data set, e.g. [data.options] num_train = 2000, missing = 'mnar' "
+            "(healing_mnist) or window = 36 (airline); unknown keys are errors that list the valid ones"
+        ),
+    )
 
 
 @dataclass
@@ -88,7 +101,12 @@ class ModelConfig:
             choices=LIKELIHOODS,
         ),
     )
-    prior: str = field(default="standard_normal", metadata=_doc("p(z)", choices=PRIORS))
+    prior: str = field(
+        default="standard_normal",
+        metadata=_doc(
+            "p(z): N(0, I), or a Gaussian process over time per latent channel (sequence data)", choices=PRIORS
+        ),
+    )
 
 
 @dataclass
@@ -109,6 +127,14 @@ class GuideConfig:
         ),
     )
     min_scale: float = field(default=1e-4, metadata=_doc("floor added to the base Gaussian's scale", min=0.0))
+    covariance: str = field(
+        default="diagonal",
+        metadata=_doc(
+            "sequence data only: the base Gaussian over time per latent channel, frame-wise (diagonal) or with "
+            "a banded precision (Fortuin et al. 2020)",
+            choices=COVARIANCES,
+        ),
+    )
 
 
 @dataclass
@@ -144,6 +170,13 @@ class TrainConfig:
         default=None,
         metadata=_doc("stop after this many epochs without a better validation ELBO (none: never)", min=1),
     )
+    restore_best: bool = field(
+        default=True,
+        metadata=_doc(
+            "evaluate (and sample) with the weights of the best validation ELBO; false: the last epoch's, for a "
+            "fixed schedule or a validation set too small to choose by"
+        ),
+    )
     device: str = field(default="auto", metadata=_doc("auto picks CUDA when present", choices=DEVICES))
     seed: int = field(default=0, metadata=_doc("seed of every random draw", min=0))
     log_every: int = field(default=50, metadata=_doc("steps between progress-bar updates and NaN checks", min=1))
@@ -163,17 +196,80 @@ class EvalConfig:
         default=None, metadata=_doc("score only the first N test examples (none: all)", min=1)
     )
     valid_samples: int = field(default=1, metadata=_doc("samples per datapoint for the validation ELBO", min=1))
+    impute_samples: int = field(
+        default=100,
+        metadata=_doc("sequence data: posterior-predictive draws per sequence for imputations and forecasts", min=1),
+    )
+    level: float = field(
+        default=0.9,
+        metadata=_doc("sequence data: probability of the forecast interval (arviz HDI)", min_exclusive=0.0, max=0.999),
+    )
+
+
+@dataclass
+class GPConfig:
+    """The Gaussian-process prior over time of each latent channel (model.prior = 'gp')."""
+
+    kernel: str = field(
+        default="cauchy",
+        metadata=_doc(
+            "kernel expression over pyro.contrib.gp.kernels: rbf, matern32, matern52, cauchy, periodic, linear, "
+            "combined with + and *, e.g. 'periodic*rbf + linear'"
+        ),
+    )
+    lengthscale: list[float] = field(
+        default_factory=lambda: [2.0],
+        metadata=_doc(
+            "length scale(s) in time units: one value shared by all channels, one per channel, or a few spread "
+            "over the channels in equal groups (Fortuin's several length scales)",
+            min_exclusive=0.0,
+        ),
+    )
+    variance: float = field(default=1.0, metadata=_doc("kernel variance", min_exclusive=0.0))
+    period: float = field(default=1.0, metadata=_doc("period of the periodic kernel, in time units", min_exclusive=0.0))
+    learn: bool = field(default=False, metadata=_doc("learn the kernel hyperparameters by SVI (else fixed)"))
+    jitter: float = field(
+        default=1e-4,
+        metadata=_doc(
+            "added to the kernel matrix's diagonal: numerical jitter, or (0.01-0.1) white noise that lets each "
+            "latent path leave the kernel's smooth family a little",
+            min_exclusive=0.0,
+        ),
+    )
+
+
+@dataclass
+class DistributedConfig:
+    """Data-parallel training under torchrun (read only when torchrun started the process)."""
+
+    backend: str = field(
+        default="auto",
+        metadata=_doc("process-group backend: auto is nccl when training on CUDA, gloo on the CPU", choices=BACKENDS),
+    )
+    timeout_s: float = field(
+        default=600.0,
+        metadata=_doc(
+            "seconds a process waits for the others before the job fails (a dead or hung rank)", min_exclusive=0.0
+        ),
+    )
 
 
 @dataclass
 class Config:
-    """A whole run: data, model, guide, training and evaluation."""
+    """A whole run: data, model, guide, training, evaluation, the GP prior and data-parallel settings."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     guide: GuideConfig = field(default_factory=GuideConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    gp: GPConfig = field(default_factory=GPConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+    @property
+    def is_sequence(self) -> bool:
+        """Whether the data are sequences over time (a GP-VAE or frame-wise sequence VAE is built)."""
+        return self.data.name in SEQUENCE_DATASETS
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -240,6 +336,37 @@ class Config:
                 check_flow_options(family, dict(options))
             except ConfigError as error:
                 raise ConfigError(f"guide.options.{family}: {error}") from None
+        if not self.is_sequence:
+            if self.model.prior == "gp":
+                raise ConfigError(
+                    f"model.prior = 'gp' is a prior over time and needs sequence data (data.name one of: "
+                    f"{', '.join(SEQUENCE_DATASETS)}); data.name = {self.data.name!r} holds single images, "
+                    "use model.prior = 'standard_normal'"
+                )
+            if self.guide.covariance != "diagonal":
+                raise ConfigError(
+                    f"guide.covariance = {self.guide.covariance!r} couples time steps and needs sequence data "
+                    f"(data.name one of: {', '.join(SEQUENCE_DATASETS)}); use guide.covariance = 'diagonal'"
+                )
+            if self.data.options:
+                raise ConfigError(
+                    f"data.options are read by the sequence data sets ({', '.join(SEQUENCE_DATASETS)}) only; "
+                    f"remove [data.options] for data.name = {self.data.name!r}"
+                )
+        else:
+            from pyro_flowvae.data.series import check_sequence_options
+
+            check_sequence_options(self.data.name, self.data.options)
+        if self.model.prior == "gp":
+            from pyro_flowvae.priors.kernels import build_kernel
+
+            build_kernel(self.gp.kernel)  # an unknown kernel or a malformed expression fails here, naming the fix
+            count = len(self.gp.lengthscale)
+            if count == 0 or self.model.latent_dim % count:
+                raise ConfigError(
+                    f"gp.lengthscale has {count} values but model.latent_dim = {self.model.latent_dim}; give one "
+                    "value, one per latent channel, or a number of values that divides latent_dim"
+                )
         if self.guide.flow != "mean_field" and self.guide.num_flows < 1:
             raise ConfigError(
                 f"guide.num_flows = {self.guide.num_flows} but guide.flow = {self.guide.flow!r} needs at least 1 "

@@ -26,6 +26,10 @@ class Likelihood(nn.Module):
     name: str = ""
 
     def forward(self, decoded: Tensor) -> dist.TorchDistribution:
+        return self.elementwise(decoded).to_event(1)
+
+    def elementwise(self, decoded: Tensor) -> dist.TorchDistribution:
+        """The same distribution with no event dims (one factor per value), for masking single entries."""
         raise NotImplementedError
 
     def mean(self, decoded: Tensor) -> Tensor:
@@ -38,10 +42,10 @@ class BernoulliLikelihood(Likelihood):
 
     name = "bernoulli"
 
-    def forward(self, decoded: Tensor) -> dist.TorchDistribution:
+    def elementwise(self, decoded: Tensor) -> dist.TorchDistribution:
         # validate_args=False: the data are checked once when loaded (check_data); a per-step support
         # check would cost a host-device sync on CUDA every step.
-        return dist.Bernoulli(logits=decoded, validate_args=False).to_event(1)
+        return dist.Bernoulli(logits=decoded, validate_args=False)
 
     def mean(self, decoded: Tensor) -> Tensor:
         return torch.sigmoid(decoded)
@@ -57,8 +61,8 @@ class ContinuousBernoulliLikelihood(Likelihood):
 
     name = "continuous_bernoulli"
 
-    def forward(self, decoded: Tensor) -> dist.TorchDistribution:
-        return dist.ContinuousBernoulli(logits=decoded, validate_args=False).to_event(1)
+    def elementwise(self, decoded: Tensor) -> dist.TorchDistribution:
+        return dist.ContinuousBernoulli(logits=decoded, validate_args=False)
 
 
 class GaussianLikelihood(Likelihood):
@@ -72,9 +76,9 @@ class GaussianLikelihood(Likelihood):
         self.raw_scale = nn.Parameter(torch.zeros(data_dim))
         self.min_scale = min_scale
 
-    def forward(self, decoded: Tensor) -> dist.TorchDistribution:
+    def elementwise(self, decoded: Tensor) -> dist.TorchDistribution:
         scale = F.softplus(self.raw_scale) + self.min_scale
-        return dist.Normal(decoded, scale, validate_args=False).to_event(1)
+        return dist.Normal(decoded, scale, validate_args=False)
 
     def mean(self, decoded: Tensor) -> Tensor:
         return decoded

@@ -20,7 +20,7 @@ from pyro_flowvae.infer.checkpoint import load_checkpoint
 from pyro_flowvae.infer.evaluate import evaluate
 from pyro_flowvae.infer.trainer import BEST, CHECKPOINT, Trainer, resolve_device
 from pyro_flowvae.plots import interleave, plot_elbo_curve, plot_kl_per_dim, save_image_grid
-from pyro_flowvae.vae import FlowVAE
+from pyro_flowvae.vae import FlowVAE, build_vae
 
 __all__ = [
     "RunResult",
@@ -34,6 +34,8 @@ __all__ = [
     "parse_guide_specs",
     "format_table",
     "versions",
+    "machine",
+    "cpu_name",
 ]
 
 CONFIG_FILE = "config.toml"
@@ -62,9 +64,21 @@ def as_config(
     return load_config(config, overrides)
 
 
-def load_run_data(config: Config) -> DataSplits:
-    """The data splits a config names."""
+def load_run_data(config: Config) -> DataSplits | Any:
+    """The data splits a config names (a SequenceSplits for sequence data)."""
     d = config.data
+    if config.is_sequence:
+        from pyro_flowvae.data.series import load_sequence_data
+
+        return load_sequence_data(
+            d.name,
+            root=d.root,
+            options=d.options,
+            seed=config.train.seed,
+            cache_dir=d.cache_dir,
+            download=d.download,
+            path=d.path,
+        )
     return load_data(
         d.name,
         root=d.root,
@@ -76,6 +90,27 @@ def load_run_data(config: Config) -> DataSplits:
         seed=config.train.seed,
         cache_dir=d.cache_dir,
     )
+
+
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (else what platform knows)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return cpu
+
+
+def machine() -> str:
+    """One line naming the hardware a figure came from: the GPU(s), or the CPU cores and torch's threads."""
+    import os
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
+    return f"{os.cpu_count()} CPU cores ({cpu_name()}), torch threads {torch.get_num_threads()}, no GPU"
 
 
 def versions() -> dict[str, str]:
@@ -112,10 +147,6 @@ def train(
     """
     config = as_config(config, overrides)
     run_dir = Path(out) if out is not None else None
-    if run_dir is not None:
-        _prepare_run_dir(run_dir, config, resume)
-    if data is None:
-        data = load_run_data(config)
 
     def report(record: dict[str, Any]) -> None:
         if verbose:
@@ -126,11 +157,70 @@ def train(
                 flush=True,
             )
 
+    from pyro_flowvae.infer.distributed import torchrun_world_size
+
+    if torchrun_world_size() is not None:
+        return _train_distributed(config, run_dir, resume, data, report, verbose)
+    if run_dir is not None:
+        _prepare_run_dir(run_dir, config, resume)
+    if data is None:
+        data = load_run_data(config)
     trainer = Trainer(config, data, run_dir, on_epoch=report)
     result = trainer.fit(resume=resume)
-    test = data.test.to(trainer.device)
-    metrics = {
-        **evaluate(result.vae, test, config.eval, progress=verbose and config.train.progress and sys.stderr.isatty()),
+    progress = verbose and config.train.progress and sys.stderr.isatty()
+    if config.is_sequence:
+        from pyro_flowvae.infer.evaluate_sequences import evaluate_sequences
+
+        figures = evaluate_sequences(result.vae, trainer.data, config.eval, progress=progress)
+    else:
+        figures = evaluate(result.vae, data.test.to(trainer.device), config.eval, progress=progress)
+    metrics = _run_metrics(figures, result, config, data)
+    if run_dir is not None:
+        if resume:
+            config.save(run_dir / CONFIG_FILE)  # the resumed config may extend train.epochs
+        _write_json(run_dir / METRICS_FILE, metrics)
+        _write_figures(run_dir, result.vae, result.history, data, config, metrics)
+    return RunResult(run_dir, metrics, result.vae, result.history)
+
+
+def _train_distributed(
+    config: Config,
+    run_dir: Path | None,
+    resume: bool,
+    data: Any,
+    report: Any,
+    verbose: bool,
+) -> RunResult:
+    """:func:`train` under torchrun: DistributedDataParallel over the process group, rank 0 writing the run."""
+    from pyro_flowvae.infer.distributed import DistributedTrainer, distributed_evaluate, init_distributed, on_main
+
+    info = init_distributed(config.distributed.backend, config.distributed.timeout_s, config.train.device)
+    if run_dir is not None:
+        on_main(lambda: _prepare_run_dir(run_dir, config, resume), info)
+    if data is None:
+        data = on_main(lambda: load_run_data(config), info) or load_run_data(config)  # rank 0 extracts first
+    trainer = DistributedTrainer(config, data, run_dir, info, on_epoch=report)
+    result = trainer.fit(resume=resume)
+    progress = verbose and info.is_main and config.train.progress and sys.stderr.isatty()
+    figures = distributed_evaluate(
+        result.vae, data.test.to(trainer.device), config.eval, info, seed=config.train.seed, progress=progress
+    )
+    metrics = {**_run_metrics(figures, result, config, data), "world_size": info.world_size}
+
+    def write() -> None:
+        if resume:
+            config.save(run_dir / CONFIG_FILE)
+        _write_json(run_dir / METRICS_FILE, metrics)
+        _write_figures(run_dir, result.vae, result.history, data, config, metrics)
+
+    if run_dir is not None:
+        on_main(write, info)
+    return RunResult(run_dir, metrics, result.vae, result.history)
+
+
+def _run_metrics(figures: dict[str, Any], result: Any, config: Config, data: Any) -> dict[str, Any]:
+    return {
+        **figures,
         "valid_elbo_best": result.best_valid_elbo,
         "best_epoch": result.best_epoch,
         "epochs": len(result.history),
@@ -140,18 +230,13 @@ def train(
         "num_flows": config.guide.num_flows if config.guide.flow != "mean_field" else 0,
         "num_params": result.vae.num_params,
         "latent_dim": config.model.latent_dim,
+        "prior": config.model.prior,
         "data": config.data.name,
         "num_train": int(data.train.shape[0]),
         "device": result.device,
         "seed": config.train.seed,
         "versions": versions(),
     }
-    if run_dir is not None:
-        if resume:
-            config.save(run_dir / CONFIG_FILE)  # the resumed config may extend train.epochs
-        _write_json(run_dir / METRICS_FILE, metrics)
-        _write_figures(run_dir, result.vae, result.history, data, config, metrics)
-    return RunResult(run_dir, metrics, result.vae, result.history)
 
 
 def load_run(run_dir: str | Path, device: str = "auto") -> tuple[Config, FlowVAE, dict[str, Any]]:
@@ -164,9 +249,10 @@ def load_run(run_dir: str | Path, device: str = "auto") -> tuple[Config, FlowVAE
             "pyro-flowvae train CONFIG --out RUN_DIR"
         )
     config = load_config(config_path)
-    path = run_dir / BEST if (run_dir / BEST).is_file() else run_dir / CHECKPOINT
+    use_best = config.train.restore_best and (run_dir / BEST).is_file()
+    path = run_dir / BEST if use_best else run_dir / CHECKPOINT
     state = load_checkpoint(path, config)
-    vae = FlowVAE.from_config(config, state["data_dim"])
+    vae = build_vae(config, state["data_dim"], state.get("seq_len"))
     vae.load_state_dict(state["vae"])
     return config, vae.to(resolve_device(device)).eval(), state
 
@@ -185,9 +271,16 @@ def evaluate_run(
         extra["eval.iw_samples"] = iw_samples
     config = config.with_overrides(extra) if extra else config
     data = load_run_data(config)
-    check_data(data.test, likelihood=config.model.likelihood, data_dim=state["data_dim"], split="test")
     device = next(vae.parameters()).device
-    figures = evaluate(vae, data.test.to(device), config.eval, progress=verbose)
+    if config.is_sequence:
+        from pyro_flowvae.data.series import check_sequence_splits
+        from pyro_flowvae.infer.evaluate_sequences import evaluate_sequences
+
+        check_sequence_splits(data, config.model.likelihood)
+        figures = evaluate_sequences(vae, data.to(device), config.eval, progress=verbose)
+    else:
+        check_data(data.test, likelihood=config.model.likelihood, data_dim=state["data_dim"], split="test")
+        figures = evaluate(vae, data.test.to(device), config.eval, progress=verbose)
     metrics_path = run_dir / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     metrics.update(figures)
@@ -202,6 +295,11 @@ def sample_run(run_dir: str | Path, num: int = 64, out: str | Path | None = None
     if num < 1:
         raise ConfigError(f"--num must be >= 1, got {num}")
     config, vae, state = load_run(run_dir)
+    if config.is_sequence:
+        raise FlowVAEError(
+            f"{run_dir} is a sequence run ({config.data.name}); `sample` draws single images from the prior. Its "
+            "imputations and forecasts are in the run directory (imputations.png / forecast.png, metrics.json)"
+        )
     torch.manual_seed(seed)
     images = vae.generate(num).cpu()
     if out is not None:
@@ -312,6 +410,11 @@ def _write_figures(
     title = f"{config.guide.flow} guide, latent {config.model.latent_dim}, {config.data.name}"
     if history:
         plot_elbo_curve(history, run_dir / "elbo_curve.png", title=title)
+    if config.is_sequence:
+        from pyro_flowvae.plots_sequences import write_sequence_figures
+
+        write_sequence_figures(run_dir, vae, data, config, metrics)
+        return
     plot_kl_per_dim(
         metrics["kl_per_dim"],
         metrics["activity_per_dim"],

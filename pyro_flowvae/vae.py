@@ -11,7 +11,7 @@ from pyro_flowvae.models import VAEModel
 from pyro_flowvae.nets import Decoder, Encoder, count_parameters
 from pyro_flowvae.priors import build_prior
 
-__all__ = ["FlowVAE"]
+__all__ = ["FlowVAE", "build_vae"]
 
 
 class FlowVAE(nn.Module):
@@ -53,3 +53,13 @@ class FlowVAE(nn.Module):
     def generate(self, num: int) -> Tensor:
         """E[x | z] for ``num`` draws of z from the prior."""
         return self.model.decode_mean(self.model.sample_prior(num))
+
+
+def build_vae(config: Config, data_dim: int, seq_len: int | None = None) -> nn.Module:
+    """The model and guide a config describes: a :class:`FlowVAE` for images, a
+    :class:`~pyro_flowvae.gpvae.GPVAE` for sequence data (``config.is_sequence``)."""
+    if config.is_sequence:
+        from pyro_flowvae.gpvae import GPVAE
+
+        return GPVAE.from_config(config, data_dim, seq_len)
+    return FlowVAE.from_config(config, data_dim)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pyro
 import pytest
 import torch
 
@@ -115,3 +116,19 @@ def test_every_elbo_trains_through_the_trainer_with_warm_up(tmp_path, tiny_npz, 
     assert result.history[-1]["kl_weight"] == 1.0
     assert result.history[-1]["valid_elbo"] > result.history[0]["valid_elbo"]
     assert result.metrics["test_log_px"] >= result.metrics["test_elbo"]
+
+
+@pytest.mark.parametrize("restore_best", [True, False])
+def test_returned_weights_follow_restore_best_with_or_without_a_run_directory(tmp_path, tiny_npz, restore_best):
+    """With a run directory or without, the run returns the best-validation weights (restore_best) or the
+    last epoch's; the two ways of running agree."""
+    config = tiny_config(tiny_npz, {"train.epochs": 4, "train.lr": 0.2, "train.restore_best": restore_best})
+    with_dir = runs.train(config, tmp_path / "run")
+    assert with_dir.metrics["best_epoch"] < 4  # so best and last differ, and the test can tell them apart
+    pyro.clear_param_store()
+    without_dir = runs.train(config, None)
+    for key, value in with_dir.vae.state_dict().items():
+        assert torch.equal(value, without_dir.vae.state_dict()[key]), key
+    kept = torch.load(tmp_path / "run" / ("best.pt" if restore_best else "checkpoint.pt"), weights_only=False)["vae"]
+    for key, value in with_dir.vae.state_dict().items():
+        assert torch.equal(value, kept[key]), key

@@ -18,7 +18,10 @@ FORMAT_VERSION = 1
 #: keys that may change between a run and its resumption (they do not change the model or its training path)
 RESUMABLE_KEYS = (
     "train.epochs",
+    "distributed.backend",
+    "distributed.timeout_s",
     "train.patience",
+    "train.restore_best",
     "train.device",
     "train.progress",
     "train.log_every",

@@ -11,10 +11,10 @@ import torch
 from torch import Tensor
 
 from pyro_flowvae.config import EvalConfig
-from pyro_flowvae.infer.importance import estimate_log_likelihood
+from pyro_flowvae.infer.importance import ImportanceEstimate, estimate_log_likelihood
 from pyro_flowvae.vae import FlowVAE
 
-__all__ = ["evaluate", "latent_statistics"]
+__all__ = ["evaluate", "importance_figures", "latent_statistics"]
 
 
 @torch.no_grad()
@@ -71,6 +71,11 @@ def evaluate(vae: FlowVAE, x: Tensor, config: EvalConfig, progress: bool = False
             progress=progress,
         )
         latent = latent_statistics(vae, x)
+    return {**importance_figures(estimate), **latent}
+
+
+def importance_figures(estimate: ImportanceEstimate) -> dict[str, Any]:
+    """The test figures ``metrics.json`` reports from an importance-sampling estimate (nats per datapoint)."""
     s = estimate.summary()
     k_max = s["pareto_k_max"]
     return {
@@ -78,10 +83,9 @@ def evaluate(vae: FlowVAE, x: Tensor, config: EvalConfig, progress: bool = False
         "test_elbo_stderr": s["elbo_stderr"],
         "test_log_px": s["log_px"],
         "test_log_px_stderr": s["log_px_stderr"],
-        "iw_samples": config.iw_samples,
-        "num_test": int(x.shape[0]),
+        "iw_samples": estimate.num_samples,
+        "num_test": estimate.num_datapoints,
         "pareto_k_share_above_0_7": s["pareto_k_share_above_0_7"],
         # -inf means the weights are all equal (k undefined, the estimate exact); JSON has no -inf
         "pareto_k_max": k_max if k_max is not None and math.isfinite(k_max) else None,
-        **latent,
     }

@@ -10,11 +10,12 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyro
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from pyro_flowvae.atomic import atomic_write
@@ -25,9 +26,20 @@ from pyro_flowvae.infer.annealing import ScaleLatents, kl_weight
 from pyro_flowvae.infer.checkpoint import load_checkpoint, save_checkpoint
 from pyro_flowvae.infer.importance import log_importance_weights
 from pyro_flowvae.infer.svi import DeviceSVI, build_elbo, build_optimizer
-from pyro_flowvae.vae import FlowVAE
+from pyro_flowvae.vae import build_vae
 
-__all__ = ["Trainer", "TrainResult", "resolve_device", "elbo_per_datapoint"]
+if TYPE_CHECKING:
+    from pyro_flowvae.data.sequences import SequenceSplits
+
+__all__ = [
+    "Trainer",
+    "TrainResult",
+    "resolve_device",
+    "elbo_per_datapoint",
+    "batch_args",
+    "epoch_record",
+    "write_run_files",
+]
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -45,21 +57,58 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def batch_args(batch: Any) -> tuple[Any, ...]:
+    """The arguments model and guide take for a minibatch: ``(x,)`` for images, ``(x, mask, times)`` for
+    a :class:`~pyro_flowvae.data.sequences.SequenceData`."""
+    return tuple(batch.args()) if hasattr(batch, "args") else (batch,)
+
+
 @torch.no_grad()
-def elbo_per_datapoint(vae: FlowVAE, x: torch.Tensor, num_samples: int = 1, batch_size: int = 1000) -> torch.Tensor:
-    """The ELBO of each row of x, averaged over ``num_samples`` draws of z ~ q(z|x); shape (N,)."""
+def elbo_per_datapoint(vae: nn.Module, x: Any, num_samples: int = 1, batch_size: int = 1000) -> torch.Tensor:
+    """The ELBO of each row of x (a tensor or sequence data), averaged over ``num_samples`` draws of
+    z ~ q(z|x); shape (N,)."""
     parts = []
     for start in range(0, x.shape[0], batch_size):
-        log_w = log_importance_weights(vae.model, vae.guide, x[start : start + batch_size], num_samples=num_samples)
+        chunk = batch_args(x[start : start + batch_size])
+        log_w = log_importance_weights(vae.model, vae.guide, *chunk, num_samples=num_samples)
         parts.append(log_w.mean(0))
     return torch.cat(parts)
+
+
+def epoch_record(
+    epoch: int, step: int, loss: float, seen: int, seconds: float, valid_elbo: float, kl_weight: float
+) -> dict[str, Any]:
+    """The line ``log.jsonl`` holds for an epoch (ELBOs in nats per datapoint)."""
+    return {
+        "epoch": epoch,
+        "step": step,
+        "train_elbo": -loss / max(seen, 1),
+        "valid_elbo": valid_elbo,
+        "kl_weight": kl_weight,
+        "examples": seen,
+        "examples_per_s": seen / max(seconds, 1e-9),
+        "seconds": seconds,
+    }
+
+
+#: what best.pt keeps of a checkpoint
+BEST_KEYS = ("config", "data_dim", "seq_len", "image_shape", "epoch", "vae")
+
+
+def write_run_files(run_dir: Path, state: dict[str, Any], improved: bool) -> None:
+    """Atomically write ``checkpoint.pt`` (and ``best.pt`` when the validation ELBO ``improved``) and
+    ``log.jsonl`` from a checkpoint ``state``."""
+    if improved:
+        save_checkpoint(run_dir / BEST, {k: state[k] for k in BEST_KEYS if k in state})
+    save_checkpoint(run_dir / CHECKPOINT, state)
+    atomic_write(run_dir / LOG, lambda handle: handle.writelines(json.dumps(r) + "\n" for r in state["history"]))
 
 
 @dataclass
 class TrainResult:
     """What a finished (or early-stopped) run left behind."""
 
-    vae: FlowVAE
+    vae: nn.Module  # a FlowVAE, or a GPVAE for sequence data
     history: list[dict[str, Any]]
     best_epoch: int
     best_valid_elbo: float
@@ -70,7 +119,7 @@ class TrainResult:
 
 
 class Trainer:
-    """Trains ``FlowVAE.from_config(config, ...)`` on ``data`` with :class:`pyro.infer.SVI`.
+    """Trains ``build_vae(config, ...)`` (a FlowVAE; a GPVAE for sequences) on ``data`` with :class:`pyro.infer.SVI`.
 
     Every epoch: SVI steps over shuffled minibatches (dynamically binarized when configured), the KL weight
     rising linearly over ``train.kl_warmup_epochs``; then the validation ELBO, a line in ``log.jsonl``,
@@ -82,7 +131,7 @@ class Trainer:
     def __init__(
         self,
         config: Config,
-        data: DataSplits,
+        data: DataSplits | SequenceSplits,
         run_dir: str | Path | None = None,
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
@@ -91,10 +140,15 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.on_epoch = on_epoch
         likelihood = config.model.likelihood
-        dynamic = data.binarize == "dynamic"
-        check_data(data.train, likelihood=likelihood, split="train", binarize_dynamic=dynamic)
-        check_data(data.valid, likelihood=likelihood, data_dim=data.data_dim, split="valid")
-        check_data(data.test, likelihood=likelihood, data_dim=data.data_dim, split="test")
+        if config.is_sequence:
+            from pyro_flowvae.data.series import check_sequence_splits
+
+            check_sequence_splits(data, likelihood)
+        else:
+            dynamic = data.binarize == "dynamic"
+            check_data(data.train, likelihood=likelihood, split="train", binarize_dynamic=dynamic)
+            check_data(data.valid, likelihood=likelihood, data_dim=data.data_dim, split="valid")
+            check_data(data.test, likelihood=likelihood, data_dim=data.data_dim, split="test")
         self.data = data.to(self.device)
 
     # ------------------------------------------------------------------------------------------------------
@@ -102,7 +156,7 @@ class Trainer:
         cfg, train = self.config, self.config.train
         pyro.clear_param_store()  # pyro.module keeps stale parameters of an earlier model with the same names
         pyro.set_rng_seed(train.seed)
-        vae = FlowVAE.from_config(cfg, self.data.data_dim).to(self.device)
+        vae = build_vae(cfg, self.data.data_dim, getattr(self.data, "seq_len", None)).to(self.device)
         optim = build_optimizer(train)
         annealer = ScaleLatents(1.0)
         generator = torch.Generator(device=self.device).manual_seed(train.seed)
@@ -137,6 +191,7 @@ class Trainer:
         if resume and state["config"]["train"].get("patience") == train.patience:
             patience_left = state["patience_left"]  # early stopping resumes where it was
         stopped_early = False
+        best_state: dict[str, torch.Tensor] | None = None
 
         for epoch in range(start_epoch, train.epochs + 1):
             vae.train()
@@ -165,7 +220,7 @@ class Trainer:
                     beta = kl_weight(global_step, warmup_steps, train.kl_start)
                     annealer.scale = beta
                     svi = svis["trace"] if train.elbo == "jit" and beta < 1.0 else svis[train.elbo]
-                    pending.append(svi.step(batch))
+                    pending.append(svi.step(*batch_args(batch)))
                     pending_sizes.append(batch.shape[0])
                     global_step += 1
                     if len(pending) < train.log_every and step < steps_per_epoch:
@@ -194,19 +249,12 @@ class Trainer:
             improved = valid_elbo > best_valid
             if improved:
                 best_valid, best_epoch = valid_elbo, epoch
+                if self.run_dir is None and train.restore_best:  # no best.pt to come back to: keep a copy
+                    best_state = {k: v.detach().clone() for k, v in vae.state_dict().items()}
                 patience_left = train.patience
             elif patience_left is not None:
                 patience_left -= 1
-            record = {
-                "epoch": epoch,
-                "step": global_step,
-                "train_elbo": -epoch_loss / max(epoch_seen, 1),
-                "valid_elbo": valid_elbo,
-                "kl_weight": beta,
-                "examples": epoch_seen,
-                "examples_per_s": epoch_seen / max(epoch_seconds, 1e-9),
-                "seconds": epoch_seconds,
-            }
+            record = epoch_record(epoch, global_step, epoch_loss, epoch_seen, epoch_seconds, valid_elbo, beta)
             history.append(record)
             self._save(
                 vae, optim, history, epoch, best_valid, best_epoch, global_step, generator, improved, patience_left
@@ -217,8 +265,12 @@ class Trainer:
                 stopped_early = True
                 break
 
-        if self.run_dir is not None and self._path(BEST).is_file():
-            vae.load_state_dict(torch.load(self._path(BEST), map_location=self.device, weights_only=False)["vae"])
+        if train.restore_best:  # else the last epoch's weights, as they are
+            if self.run_dir is not None and self._path(BEST).is_file():
+                best = torch.load(self._path(BEST), map_location=self.device, weights_only=False)["vae"]
+                vae.load_state_dict(best)
+            elif best_state is not None:
+                vae.load_state_dict(best_state)
         return TrainResult(
             vae=vae,
             history=history,
@@ -249,7 +301,7 @@ class Trainer:
 
     def _save(
         self,
-        vae: FlowVAE,
+        vae: nn.Module,
         optim: pyro.optim.PyroOptim,
         history: list[dict[str, Any]],
         epoch: int,
@@ -265,7 +317,8 @@ class Trainer:
         state = {
             "config": self.config.to_dict(),
             "data_dim": self.data.data_dim,
-            "image_shape": self.data.image_shape,
+            "seq_len": getattr(self.data, "seq_len", None),
+            "image_shape": getattr(self.data, "image_shape", None),
             "epoch": epoch,
             "global_step": global_step,
             "best_valid_elbo": best_valid,
@@ -276,12 +329,7 @@ class Trainer:
             "optim": optim.get_state(),
             "rng": _get_rng_state(generator),
         }
-        if improved:
-            save_checkpoint(
-                self._path(BEST), {k: state[k] for k in ("config", "data_dim", "image_shape", "epoch", "vae")}
-            )
-        save_checkpoint(self._path(CHECKPOINT), state)
-        atomic_write(self._path(LOG), lambda handle: handle.writelines(json.dumps(r) + "\n" for r in history))
+        write_run_files(self.run_dir, state, improved)
 
 
 def _get_rng_state(generator: torch.Generator) -> dict[str, Any]:

@@ -1,0 +1,506 @@
+"""Data-parallel training with DDP: two gloo processes on this CPU against one process on the global batch.
+
+The two ranks are separate processes given torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+MASTER_PORT), running :func:`worker` below; the reference runs in the test process. Each rank writes what it
+saw to ``out/rank<r>.pt`` and its output to ``out/rank<r>.log``.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import socket
+import time
+import warnings
+from pathlib import Path
+
+import pyro
+import pyro.optim
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer.util import zero_grads
+
+from pyro_flowvae import runs
+from pyro_flowvae.errors import CheckpointError, ConfigError, TrainingDivergedError
+from pyro_flowvae.infer import distributed as D
+from pyro_flowvae.infer.annealing import ScaleLatents, kl_weight
+from pyro_flowvae.infer.checkpoint import load_checkpoint
+from pyro_flowvae.infer.importance import estimate_log_likelihood
+from pyro_flowvae.infer.svi import build_elbo, build_optimizer
+from pyro_flowvae.nets import Decoder
+from pyro_flowvae.vae import FlowVAE
+from tests.conftest import make_binary_npz, tiny_config
+
+WORLD = 2
+#: the process group's timeout in the failure tests: a stalled rank must be given up on after this long
+SHORT_TIMEOUT_S = 4.0
+LAUNCH_TIMEOUT_S = 90
+
+
+def sgd(train):
+    """Plain SGD: its update is linear in the gradient, so a wrongly scaled all-reduce shows (Adam would hide it)."""
+    return pyro.optim.SGD({"lr": train.lr}, clip_args={"clip_norm": train.clip_norm})
+
+
+def configs(npz: Path) -> dict[str, dict]:
+    base = {"guide.flow": "iaf", "train.kl_warmup_epochs": 1.0, "train.log_every": 2}
+    return {
+        "sgd": tiny_config(npz, {**base, "train.lr": 0.05, "train.clip_norm": 0.5}),  # clipping active in places
+        "adam": tiny_config(npz, base),
+        # JitTrace_ELBO after one epoch of warm-up on Trace_ELBO: DDP's hooks fire through torch.jit graphs too
+        "jit": tiny_config(npz, {**base, "guide.flow": "planar", "train.elbo": "jit", "train.lr": 0.05}),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the rank processes
+
+
+def worker(scenario: str, out: str) -> None:
+    """Run one rank of ``scenario``; torchrun's variables are in the environment."""
+    torch.set_num_threads(1)
+    out_dir = Path(out)
+    rank = int(os.environ["RANK"])
+    timeout = SHORT_TIMEOUT_S if scenario in ("die", "stall") else 60.0
+    info = D.init_distributed("gloo", timeout_s=timeout)
+    npz = out_dir / "tiny.npz"
+    cfg = {name: runs.as_config(c) for name, c in configs(npz).items()}
+    data = runs.load_run_data(cfg["adam"])
+
+    def run_dir(name: str) -> Path:
+        # rank 0 gets the run directory; rank 1 a read-only one of its own, which must stay empty
+        path = out_dir / (name if rank == 0 else f"{name}_rank{rank}")
+        path.mkdir(exist_ok=True)
+        if rank:
+            path.chmod(0o500)
+        return path
+
+    result: dict = {"rank": rank}
+    if scenario == "train":
+        original = D.build_optimizer
+        D.build_optimizer = sgd
+        try:
+            sgd_run = D.DistributedTrainer(cfg["sgd"], data, run_dir("sgd"), info).fit()
+            jit_run = D.DistributedTrainer(cfg["jit"], data, None, info).fit()
+        finally:
+            D.build_optimizer = original
+        straight = D.DistributedTrainer(cfg["adam"], data, run_dir("straight"), info).fit()
+        part = cfg["adam"].with_overrides({"train.epochs": 1})
+        D.DistributedTrainer(part, data, run_dir("resumed"), info).fit()
+        resumed = D.DistributedTrainer(cfg["adam"], data, run_dir("resumed"), info).fit(resume=True)
+        estimate = D.distributed_log_likelihood(
+            straight.vae.model, straight.vae.guide, data.test, num_samples=30, sample_chunk=16, data_chunk=16,
+            seed=7, dist_info=info,
+        )  # fmt: skip
+        few = D.distributed_log_likelihood(  # one chunk for two ranks: rank 1 scores nothing
+            straight.vae.model, straight.vae.guide, data.test[:10], num_samples=30, data_chunk=16, seed=7,
+            dist_info=info,
+        )  # fmt: skip
+        wrong = cfg["adam"].with_overrides({"guide.flow": "planar"})
+        try:  # rank 0 reads the checkpoint and finds another config: every rank must stop with its message
+            D.DistributedTrainer(wrong, data, run_dir("straight"), info).fit(resume=True)
+        except CheckpointError as error:
+            result["resume_error"] = str(error)
+
+        def only_on_rank_0() -> None:
+            assert rank == 0, "on_main ran its function on another rank"
+            raise ConfigError(f"rank {rank} found a problem")
+
+        try:
+            D.on_main(only_on_rank_0, info)
+        except ConfigError as error:
+            result["on_main_error"] = str(error)
+        result.update(
+            sgd_history=sgd_run.history,
+            sgd_best=sgd_run.vae.state_dict(),
+            sgd_best_epoch=sgd_run.best_epoch,
+            sgd_extra=sgd_run.extra,
+            straight_best=straight.vae.state_dict(),
+            straight_history=straight.history,
+            resumed_best=resumed.vae.state_dict(),
+            resumed_history=resumed.history,
+            log_px=estimate.log_px,
+            elbo=estimate.elbo,
+            pareto_k=estimate.pareto_k,
+            few_log_px=few.log_px,
+            jit_history=jit_run.history,
+            jit_best=jit_run.vae.state_dict(),
+            jit_best_epoch=jit_run.best_epoch,
+        )
+    else:  # rank 1 dies (or hangs) at global step 3, in the middle of epoch 1; rank 0 must not wait forever
+
+        def failing_kl_weight(step: int, *args: object) -> float:
+            if rank == 1 and step == 3:
+                if scenario == "die":
+                    os._exit(3)
+                time.sleep(10 * LAUNCH_TIMEOUT_S)
+            return kl_weight(step, *args)
+
+        D.kl_weight = failing_kl_weight
+        start = time.perf_counter()
+        try:
+            D.DistributedTrainer(cfg["adam"], data, run_dir("failing"), info).fit()
+        except D.DistributedError as error:
+            result.update(error=str(error), seconds=time.perf_counter() - start)
+    torch.save(result, out_dir / f"rank{rank}.pt")
+    D.cleanup()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(scenario: str, out: str, rank: int, port: int) -> None:
+    """The entry point of one rank process: torchrun's environment, output to out/rank<r>.log, then the worker."""
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    log = os.open(Path(out) / f"rank{rank}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    worker(scenario, out)
+
+
+def launch(scenario: str, out: Path) -> list[multiprocessing.Process]:
+    """Start WORLD rank processes as torchrun would; wait for rank 0, then for the others, killing stragglers.
+
+    The processes fork from a forkserver that has imported torch, Pyro and this package once, so each launch
+    costs milliseconds instead of an interpreter start per rank (seconds on this 2-core machine).
+    """
+    make_binary_npz(out / "tiny.npz")
+    port = free_port()
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    procs = [context.Process(target=_rank_main, args=(scenario, str(out), r, port)) for r in range(WORLD)]
+    for proc in procs:
+        proc.start()
+    try:
+        procs[0].join(LAUNCH_TIMEOUT_S)
+        for proc in procs[1:]:
+            proc.join(0 if scenario == "stall" else LAUNCH_TIMEOUT_S)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()  # only the rank processes this test started
+                proc.join()
+    return procs
+
+
+def rank_output(out: Path, rank: int) -> dict:
+    path = out / f"rank{rank}.pt"
+    if not path.is_file():
+        log = (out / f"rank{rank}.log").read_text()
+        pytest.fail(f"rank {rank} wrote no result; its output:\n{log[-3000:]}")
+    return torch.load(path, weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    launch("train", out)
+    return out, [rank_output(out, r) for r in range(WORLD)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the single-process reference: one process, the global batch, the ranks' noise
+
+
+def reference_run(config, data, make_optim, epochs):
+    """Parameters after each epoch of a single process stepping on the global batch.
+
+    Global batch t is the union of the ranks' t-th local batches (the same DistributedSampler shards); the
+    rows of rank r draw their latent noise with the torch RNG seeded by step_seed(seed, r, t). The loss is the
+    plain sum of the ranks' ELBO losses, one backward pass, one optimizer step: no DDP, no scaling.
+    """
+    train = config.train
+    pyro.clear_param_store()
+    pyro.set_rng_seed(train.seed)
+    vae = FlowVAE.from_config(config, data.data_dim)
+    optim = make_optim(train)
+    annealer = ScaleLatents(1.0)
+    model, guide = annealer(vae.model), annealer(vae.guide)
+    # one ELBO per rank, as each rank has its own (JitTrace_ELBO compiles on its first call, which draws extra
+    # noise); Trace_ELBO while the KL weight is below 1 when train.elbo = "jit", as the trainers do
+    elbos = [build_elbo(train) for _ in range(WORLD)]
+    warm_up_elbo = build_elbo(train, "trace")
+    infos = [D.DistInfo(rank=r, world_size=WORLD) for r in range(WORLD)]
+    samplers = [D.shard_sampler(data.train.shape[0], info, train.seed) for info in infos]
+    local = train.batch_size // WORLD
+    steps = -(-samplers[0].num_samples // local)
+    warmup = round(train.kl_warmup_epochs * steps)
+    t, states, train_elbos = 0, [], []
+    for epoch in range(1, epochs + 1):
+        shards = []
+        for sampler in samplers:
+            sampler.set_epoch(epoch)
+            shards.append(list(sampler))
+        total, seen = 0.0, 0
+        for k in range(steps):
+            annealer.scale = beta = kl_weight(t, warmup, train.kl_start)
+            with poutine.trace(param_only=True) as capture:
+                loss = 0.0
+                for r, shard in enumerate(shards):
+                    torch.manual_seed(D.step_seed(train.seed, r, t))
+                    rows = data.train[shard[k * local : (k + 1) * local]]
+                    elbo = warm_up_elbo if train.elbo == "jit" and beta < 1.0 else elbos[r]
+                    loss = loss + elbo.differentiable_loss(model, guide, rows)
+                    seen += rows.shape[0]
+            loss.backward()
+            params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+            optim(params)
+            zero_grads(params)
+            total += loss.item()
+            t += 1
+        states.append({k: v.detach().clone() for k, v in vae.state_dict().items()})
+        train_elbos.append(-total / seen)
+    return states, train_elbos
+
+
+def untimed(history):
+    return [{k: v for k, v in record.items() if k not in ("seconds", "examples_per_s")} for record in history]
+
+
+def assert_states_close(actual, expected, **tol):
+    assert actual.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], msg=lambda m, key=key: f"{key}: {m}", **tol)
+
+
+def assert_states_equal(a, b):
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+# Float32 sums taken in another order (gloo's all-reduce against one backward pass over both shards) differ
+# in the last bits; ten steps keep that far below the 1e-5 tolerance, while a gradient that is off by a
+# factor (the average instead of the sum) or noise that is not the ranks' moves the weights by > 1e-3.
+TOL = {"rtol": 1e-5, "atol": 1e-6}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# two processes
+
+
+def test_two_ranks_agree_and_equal_one_process_on_the_global_batch(two_ranks):
+    out, (rank0, rank1) = two_ranks
+    config = runs.as_config(configs(out / "tiny.npz")["sgd"])
+    data = runs.load_run_data(config)
+    states, train_elbos = reference_run(config, data, sgd, config.train.epochs)
+
+    last = load_checkpoint(out / "sgd" / "checkpoint.pt")["vae"]  # rank 0's weights after the last step
+    assert_states_close(last, states[-1], **TOL)
+    assert_states_equal(rank0["sgd_best"], rank1["sgd_best"])  # what each rank returned: the same weights
+    assert rank0["sgd_best_epoch"] == rank1["sgd_best_epoch"]
+    assert_states_close(rank0["sgd_best"], states[rank0["sgd_best_epoch"] - 1], **TOL)
+    # loss trajectory: the ranks' summed losses are the global batch's
+    history = rank0["sgd_history"]
+    assert history == rank1["sgd_history"]
+    assert [r["train_elbo"] for r in history] == pytest.approx(train_elbos, rel=1e-5)
+    assert [r["param_spread"] for r in history] == [0.0] * len(history)
+    assert rank0["sgd_extra"]["init_param_spread"] == 0.0 and rank0["sgd_extra"]["local_batch_size"] == 16
+    # the validation ELBO split over the ranks is what one process computes on the whole split
+    vae = FlowVAE.from_config(config, data.data_dim).eval()
+    for record, state in zip(history, states):
+        vae.load_state_dict(state)
+        with pyro.validation_enabled(False):
+            valid = D.distributed_elbo(vae, data.valid, 1, config.train.seed, epoch=record["epoch"])
+        assert record["valid_elbo"] == pytest.approx(float(valid.mean()), rel=1e-5)
+
+
+def test_jit_elbo_under_ddp_equals_one_process(two_ranks):
+    out, (rank0, rank1) = two_ranks
+    config = runs.as_config(configs(out / "tiny.npz")["jit"])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.trace. is deprecated", category=FutureWarning)
+        states, train_elbos = reference_run(config, runs.load_run_data(config), sgd, config.train.epochs)
+    assert_states_equal(rank0["jit_best"], rank1["jit_best"])
+    assert_states_close(rank0["jit_best"], states[rank0["jit_best_epoch"] - 1], **TOL)
+    assert [r["train_elbo"] for r in rank0["jit_history"]] == pytest.approx(train_elbos, rel=1e-5)
+
+
+def test_adam_run_matches_one_process_and_resumes_under_torchrun(two_ranks):
+    out, (rank0, rank1) = two_ranks
+    config = runs.as_config(configs(out / "tiny.npz")["adam"])
+    states, _ = reference_run(config, runs.load_run_data(config), build_optimizer, config.train.epochs)
+    straight = load_checkpoint(out / "straight" / "checkpoint.pt")
+    assert_states_close(straight["vae"], states[-1], **TOL)
+    assert straight["world_size"] == WORLD and straight["epoch"] == config.train.epochs
+    # one epoch, then --resume for the second: the same weights, bit for bit, as the uninterrupted run
+    resumed = load_checkpoint(out / "resumed" / "checkpoint.pt")
+    assert_states_equal(resumed["vae"], straight["vae"])
+    assert untimed(resumed["history"]) == untimed(straight["history"])
+    assert resumed["global_step"] == straight["global_step"]
+    assert_states_equal(rank1["resumed_best"], rank0["straight_best"])
+    assert untimed(rank1["resumed_history"]) == untimed(rank0["straight_history"])
+    assert len((out / "resumed" / "log.jsonl").read_text().splitlines()) == config.train.epochs
+
+
+def test_an_error_on_rank_0_stops_every_rank_with_its_message(two_ranks):
+    _, ranks = two_ranks
+    for rank in ranks:
+        assert rank["on_main_error"] == "rank 0 found a problem"
+        assert "guide.flow: checkpoint has 'iaf', config has 'planar'" in rank["resume_error"]
+
+
+def test_only_rank_0_writes_files(two_ranks):
+    out, _ = two_ranks
+    for name in ("sgd", "straight", "resumed"):
+        assert {p.name for p in (out / name).iterdir()} == {"checkpoint.pt", "best.pt", "log.jsonl"}
+        assert list((out / f"{name}_rank1").iterdir()) == []  # read-only for rank 1: any write would have failed
+
+
+def test_distributed_log_likelihood_equals_one_process_on_the_same_chunks(two_ranks):
+    out, (rank0, rank1) = two_ranks
+    config = runs.as_config(configs(out / "tiny.npz")["adam"])
+    test = runs.load_run_data(config).test  # 40 rows: chunks of 16, 16 and 8, the first on rank 0
+    vae = FlowVAE.from_config(config, test.shape[1])
+    vae.load_state_dict(rank0["straight_best"])
+    vae.eval()
+    # the same estimator run chunk by chunk in this process, each chunk seeded as the ranks seed it
+    expected = []
+    for index, start in enumerate(range(0, 40, 16)):
+        torch.manual_seed(D.step_seed(7, index, 0, "eval"))
+        expected.append(
+            estimate_log_likelihood(vae.model, vae.guide, test[start : start + 16], num_samples=30, sample_chunk=16)
+        )
+    for rank in (rank0, rank1):  # every rank holds every row
+        torch.testing.assert_close(rank["log_px"], torch.cat([e.log_px for e in expected]), **TOL)
+        torch.testing.assert_close(rank["elbo"], torch.cat([e.elbo for e in expected]), **TOL)
+        torch.testing.assert_close(rank["pareto_k"], torch.cat([e.pareto_k for e in expected]), rtol=1e-4, atol=1e-4)
+    single = D.distributed_log_likelihood(
+        vae.model, vae.guide, test, num_samples=30, sample_chunk=16, data_chunk=16, seed=7
+    )  # one process, no process group
+    torch.testing.assert_close(single.log_px, rank0["log_px"], **TOL)
+    few = D.distributed_log_likelihood(vae.model, vae.guide, test[:10], num_samples=30, data_chunk=16, seed=7)
+    torch.testing.assert_close(rank1["few_log_px"], few.log_px, **TOL)  # rank 1 had no rows to score
+    assert (rank0["log_px"] >= rank0["elbo"]).all()
+
+
+@pytest.mark.parametrize("how", ["die", "stall"])
+def test_a_lost_rank_fails_the_job_within_the_timeout(tmp_path, how):
+    procs = launch(how, tmp_path)
+    result = rank_output(tmp_path, 0)
+    assert procs[0].exitcode == 0  # rank 0 caught the DistributedError and reported it
+    if how == "die":
+        assert procs[1].exitcode == 3
+    assert result["seconds"] < SHORT_TIMEOUT_S + 10
+    assert "rank 0 of 2 lost contact with the other ranks during a training step" in result["error"]
+    assert "at epoch 1, step 4" in result["error"]
+    assert f"distributed.timeout_s = {SHORT_TIMEOUT_S:g} s" in result["error"]
+    assert result["error"].endswith(
+        "No epoch had finished, so there is no checkpoint; restart the job once every rank can run"
+    )  # noqa: E501
+    if how == "stall":
+        assert "timed out" in result["error"].lower()
+    assert not (tmp_path / "failing" / "checkpoint.pt").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# one process
+
+
+def test_one_rank_under_ddp_equals_the_plain_single_process_path(tiny_npz, monkeypatch):
+    """torchrun --nproc_per_node=1: DDP over a process group of one changes nothing."""
+    config = runs.as_config(tiny_config(tiny_npz, {"guide.flow": "planar", "train.epochs": 1}))
+    data = runs.load_run_data(config)
+    plain = D.DistributedTrainer(config, data).fit()
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    info = D.init_distributed("auto", timeout_s=30, device="cpu")
+    try:
+        assert (info.backend, info.world_size, info.is_main, info.device.type) == ("gloo", 1, True, "cpu")
+        ddp = D.DistributedTrainer(config, data, None, info).fit()
+        assert D.parameter_spread(ddp.vae, info) == 0.0
+        # a pyro.param outside the modules would escape DDP's all-reduce: refused at the first step
+        original = Decoder.forward
+        stray = lambda self, z: original(self, z) + pyro.param("stray", torch.zeros(()))  # noqa: E731
+        monkeypatch.setattr(Decoder, "forward", stray)
+        with pytest.raises(ConfigError, match=r"Pyro parameters outside its nn\.Modules \(stray\).*nn\.Parameter"):
+            D.DistributedTrainer(config, data, None, info).fit()
+    finally:
+        D.cleanup()
+    assert_states_equal(ddp.vae.state_dict(), plain.vae.state_dict())
+    assert [r["train_elbo"] for r in ddp.history] == [r["train_elbo"] for r in plain.history]
+
+
+def test_sequence_models_are_refused_with_the_way_out():
+    if not hasattr(runs.Config, "is_sequence"):
+        pytest.skip("this checkout has no sequence models")
+    config = runs.as_config({"data": {"name": "airline"}, "model": {"prior": "gp", "likelihood": "gaussian"}})
+    refused = r"data.name = 'airline' builds a sequence model \(GP-VAE\); .*\(without torchrun\)"
+    with pytest.raises(ConfigError, match=refused):
+        D.DistributedTrainer(config, None)
+
+
+def test_without_torchrun_init_is_a_single_process_no_op(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    info = D.init_distributed(device="cpu")
+    assert (info.rank, info.world_size, info.backend, info.is_main, info.distributed) == (0, 1, None, True, False)
+    assert D.torchrun_world_size() is None
+    assert D.parameter_spread(torch.nn.Linear(2, 2), info) == 0.0
+
+
+def test_launch_errors_name_the_fix(monkeypatch, tiny_npz):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    with pytest.raises(ConfigError, match=r"MASTER_ADDR, MASTER_PORT are not; launch with torchrun"):
+        D.init_distributed()
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "1")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"'nccl' needs CUDA devices.*use distributed.backend = 'gloo'"):
+            D.init_distributed(backend="nccl")
+    with pytest.raises(ConfigError, match=r"distributed.backend = 'mpi' is not valid; choose one of: auto, gloo"):
+        D.init_distributed(backend="mpi")
+    with pytest.raises(ConfigError, match=r"timeout_s = 0 must be a number of seconds > 0"):
+        D.init_distributed(timeout_s=0)
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ConfigError, match=r"WORLD_SIZE='two' is not an integer"):
+        D.init_distributed()
+
+    config = runs.as_config(tiny_config(tiny_npz, {"train.batch_size": 30}))
+    data = runs.load_run_data(config)
+    four = D.DistInfo(rank=0, world_size=4, backend="gloo")
+    uneven = r"batch_size = 30 is the global batch and must split evenly over the 4 ranks; .* multiple of 4, e\.g\. 32$"
+    with pytest.raises(ConfigError, match=uneven):
+        D.DistributedTrainer(config, data, None, four)
+
+
+def test_nan_loss_stops_with_epoch_and_step(tiny_npz, monkeypatch, tmp_path):
+    original = Decoder.forward
+    calls = {"n": 0}
+
+    def poisoned(self, z):
+        calls["n"] += 1
+        out = original(self, z)
+        return out * float("nan") if self.training and calls["n"] > 5 + 1 + 2 else out  # epoch 1, its valid, 2 steps
+
+    monkeypatch.setattr(Decoder, "forward", poisoned)
+    config = runs.as_config(tiny_config(tiny_npz, {"train.epochs": 3, "train.log_every": 2}))
+    with pytest.raises(TrainingDivergedError, match=r"loss became nan at epoch 2, step 3 .*checkpoint\.pt, is intact"):
+        D.DistributedTrainer(config, runs.load_run_data(config), tmp_path).fit()
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+
+
+def test_distributed_evaluate_has_the_figures_of_evaluate(tiny_npz):
+    from pyro_flowvae.infer.evaluate import evaluate
+
+    overrides = {"train.epochs": 1, "eval.iw_samples": 1000, "eval.sample_chunk": 500}
+    config = runs.as_config(tiny_config(tiny_npz, overrides))
+    data = runs.load_run_data(config)
+    vae = D.DistributedTrainer(config, data).fit().vae
+    ours = D.distributed_evaluate(vae, data.test, config.eval, seed=3)
+    theirs = evaluate(vae, data.test, config.eval)
+    assert ours.keys() == theirs.keys()
+    # other random draws of the same estimators: the Monte Carlo error of a mean over 40 rows of K = 1000
+    # draws is about 0.005 nats here, the spread of the rows (the *_stderr) about 0.07
+    for key in ("test_log_px", "test_elbo"):
+        assert math.isclose(ours[key], theirs[key], abs_tol=0.03)
+    assert ours["active_units"] == theirs["active_units"] and ours["num_test"] == 40
