@@ -52,7 +52,8 @@ def plot_forecast(
     )
     ax.plot(t_future, forecast["mean"], color="C0", lw=2, label="GP-VAE mean")
     for i, (name, row) in enumerate((baselines or {}).items(), start=1):
-        ax.plot(t_future, row["mean"], color=f"C{i}", lw=1.2, ls="--", label=name.replace("_", " "))
+        label = {"sarima": "SARIMA(0,1,1)(0,1,1)12"}.get(name, name.replace("_", " "))
+        ax.plot(t_future, row["mean"], color=f"C{i}", lw=1.2, ls="--", label=label)
     if months:
         ticks = list(range(0, n, 12))
         ax.set_xticks(ticks, [months[i][:4] for i in ticks] if len(months) == n else ticks)
