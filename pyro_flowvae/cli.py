@@ -19,6 +19,9 @@ EPILOG = """examples:
   pyro-flowvae sample runs/iaf --num 64 --out samples.png
   pyro-flowvae compare examples/configs/mnist_mean_field.toml --guides mean_field,planar:16,iaf:2 --out runs/cmp
   pyro-flowvae config            # every config key with its default and meaning
+  pyro-flowvae train examples/configs/hmnist_gpvae.toml --out runs/hmnist --set data.root=DATA   # GP-VAE
+  pyro-flowvae train examples/configs/airline_gpvae.toml --out runs/airline                      # forecast
+  torchrun --standalone --nproc_per_node=2 -m pyro_flowvae train CONFIG --out RUN   # data-parallel (DDP)
 
 Overrides are dotted keys with TOML values: --set guide.flow=planar --set guide.num_flows=16
 --set model.hidden=[300,300] --set data.limit=none. Figures are nats per datapoint."""
@@ -27,7 +30,8 @@ Overrides are dotted keys with TOML values: --set guide.flow=planar --set guide.
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyro-flowvae",
-        description="Train and score VAEs whose guides are normalizing flows, as Pyro programs.",
+        description="Train and score VAEs whose guides are normalizing flows, and GP-VAEs over time series "
+        "with missing values, as Pyro programs.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -47,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a model, score it and write a run directory",
         description="Train with SVI, evaluate on the test set, write RUN_DIR (config.toml, "
-        "checkpoint.pt, best.pt, log.jsonl, elbo_curve.png, samples.png, reconstructions.png, "
-        "metrics.json).",
+        "checkpoint.pt, best.pt, log.jsonl, elbo_curve.png, metrics.json; samples.png and "
+        "reconstructions.png for images, imputations.png or forecast.png for sequences). Under torchrun "
+        "the processes train data-parallel and rank 0 writes RUN_DIR.",
     )
     p.add_argument("config", help="TOML config file (see `pyro-flowvae config` for the keys)")
     p.add_argument("--out", required=True, help="run directory to create (or to resume with --resume)")
