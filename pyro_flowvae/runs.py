@@ -351,7 +351,9 @@ def compare(
             "num_test", "pareto_k_share_above_0_7", "active_units", "train_examples_per_s", "num_params", "epochs",
             "best_epoch", "device",
         )  # fmt: skip
-        rows.append({key: m[key] for key in keys})
+        if cfg.is_sequence:  # sequence runs report imputation / forecast figures instead of active units
+            keys = (*keys, "test_nll_missing", "test_mse_missing", "auroc", "rmse", "mape", "coverage90")
+        rows.append({key: m.get(key) for key in keys})
         _write_json(
             Path(out) / "comparison.json", {"rows": rows, "config": configs[0].to_dict(), "versions": versions()}
         )
@@ -359,22 +361,26 @@ def compare(
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A Markdown table of compare's rows."""
-    header = (
-        "| guide | K | test ELBO | log p(x) (IW) | Pareto k>0.7 | active units | train ex/s | params |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|"
-    )
+    """A Markdown table of compare's rows (with the imputation or forecast figures of sequence runs)."""
+    extra = [k for k in ("test_nll_missing", "test_mse_missing", "auroc", "rmse", "mape", "coverage90")
+             if any(r.get(k) is not None for r in rows)]  # fmt: skip
+    header = "| guide | K | test ELBO | log p(x) (IW) | Pareto k>0.7 | active units | train ex/s | params |"
+    header += "".join(f" {k} |" for k in extra)
+    rule = "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(extra)
 
     def share(value: float | None) -> str:
         return "n/a (K < 25)" if value is None else f"{value:.1%}"
 
+    def cell(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
+
     lines = [
         f"| {r['guide']} | {r['num_flows']} | {r['test_elbo']:.2f} | {r['test_log_px']:.2f} ± "
-        f"{r['test_log_px_stderr']:.2f} | {share(r['pareto_k_share_above_0_7'])} | {r['active_units']} | "
-        f"{r['train_examples_per_s']:.0f} | {r['num_params']:,} |"
+        f"{r['test_log_px_stderr']:.2f} | {share(r['pareto_k_share_above_0_7'])} | {cell(r.get('active_units'))} | "
+        f"{r['train_examples_per_s']:.0f} | {r['num_params']:,} |" + "".join(f" {cell(r.get(k))} |" for k in extra)
         for r in rows
     ]
-    return "\n".join([header, *lines])
+    return "\n".join([header, rule, *lines])
 
 
 # ----------------------------------------------------------------------------------------------------------

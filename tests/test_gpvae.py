@@ -220,3 +220,16 @@ def test_nan_in_sequence_data_is_refused():
     data.train.mask[0, 0, 0] = 1.0  # an observed entry
     with pytest.raises(DataError, match="mark missing entries"):
         Trainer(gp_config(), data)
+
+
+def test_compare_swaps_the_flow_on_top_of_the_gp_vae_guide(tmp_path, capsys):
+    code = cli_main(
+        ["compare", "examples/configs/airline_gpvae.toml", "--guides", "mean_field,planar:2", "--out",
+         str(tmp_path / "cmp"), "--set", "train.epochs=2", "--set", "eval.iw_samples=4", "--set",
+         "eval.impute_samples=20", "--quiet"]
+    )  # fmt: skip
+    assert code == 0
+    rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())["rows"]
+    assert [r["guide"] for r in rows] == ["mean_field", "planar"]
+    assert all(math.isfinite(r["rmse"]) and r["active_units"] is None for r in rows)
+    assert "| rmse |" in capsys.readouterr().out
