@@ -5,26 +5,10 @@ from __future__ import annotations
 import pyro
 from torch import Tensor, nn
 
-from pyro_flowvae.errors import DataError
+from pyro_flowvae.guides.sequence import check_sequence_batch
 from pyro_flowvae.likelihoods import Likelihood
 
-__all__ = ["SequenceVAEModel", "check_sequence_args"]
-
-
-def check_sequence_args(x: Tensor, mask: Tensor, times: Tensor) -> None:
-    """Shapes of a sequence batch: x and mask (B, T, D), times (B, T); raises DataError naming the fix."""
-    if x.dim() != 3:
-        raise DataError(f"x must have shape (B, T, D) (sequences, frames, values per frame), got {tuple(x.shape)}")
-    if mask.shape != x.shape:
-        raise DataError(
-            f"mask has shape {tuple(mask.shape)} but x has shape {tuple(x.shape)}; the observation mask needs one "
-            "entry per value of x (1 = observed, 0 = missing)"
-        )
-    if times.shape != x.shape[:2]:
-        raise DataError(
-            f"times has shape {tuple(times.shape)} but x has {x.shape[0]} sequences of {x.shape[1]} frames; "
-            f"pass one time stamp per frame, shape {tuple(x.shape[:2])}"
-        )
+__all__ = ["SequenceVAEModel"]
 
 
 class SequenceVAEModel(nn.Module):
@@ -66,7 +50,7 @@ class SequenceVAEModel(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor, times: Tensor) -> Tensor:
         """Score sequences x (B, T, D) observed where ``mask`` is 1; returns z of shape (..., B, L, T)."""
-        check_sequence_args(x, mask, times)
+        check_sequence_batch(x, mask, times)
         pyro.module("decoder", self.decoder)
         pyro.module("likelihood", self.likelihood)
         pyro.module("prior", self.prior)

@@ -78,7 +78,7 @@ def test_model_vectorizes_over_particles():
     "change, match",
     [
         ("mask", "mask has shape"),
-        ("times", "one time stamp per frame"),
+        ("times", "one time stamp per step"),
         ("x", r"x must have shape \(B, T, D\)"),
     ],
 )
