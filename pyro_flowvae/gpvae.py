@@ -14,7 +14,7 @@ from pyro_flowvae.likelihoods import build_likelihood
 from pyro_flowvae.models.gpvae import SequenceVAEModel
 from pyro_flowvae.nets import Decoder, count_parameters
 
-__all__ = ["GPVAE", "Imputation", "build_sequence_prior"]
+__all__ = ["GPVAE", "Imputation", "build_sequence_prior", "posterior_predictive_to_inference_data"]
 
 
 def build_sequence_prior(config: Config) -> nn.Module:
@@ -185,6 +185,3 @@ def posterior_predictive_to_inference_data(
         constant_data=constant,
         dims={"x": dims, "mask": dims, "times": ["sequence", "time"]},
     )
-
-
-__all__ += ["posterior_predictive_to_inference_data"]

@@ -73,8 +73,12 @@ def test_training_on_gp_data_lowers_the_loss_and_imputes_better_than_the_mean():
     ours = float(masked_mse(imputed.mean, test.truth, missing))
     baseline = float(masked_mse(mean_imputation(data.train, test), test.truth, missing))
     assert ours < 0.5 * baseline, (ours, baseline)
-    # the predictive log-density of the missing truth is finite and beats a unit Gaussian around the mean fill
-    assert torch.isfinite(imputed.log_pred[missing]).all()
+    # the predictive density of the missing truth beats a Gaussian around the mean fill with the data's spread
+    observed = data.train.x[data.train.mask.bool()]
+    fill = torch.distributions.Normal(mean_imputation(data.train, test), observed.std())
+    baseline_nll = float(-fill.log_prob(test.truth)[missing].mean())
+    ours_nll = float(-imputed.log_pred[missing].mean())
+    assert ours_nll < baseline_nll - 0.3, (ours_nll, baseline_nll)
 
 
 def test_conditioning_missing_frames_matches_the_gaussian_conditional():
@@ -122,9 +126,12 @@ def test_imputations_export_as_inference_data():
 
 @pytest.mark.parametrize("flow", ["planar", "iaf"])
 def test_flows_on_top_of_the_banded_guide_train(flow):
+    # lr 1e-3: at 1e-2 the unbounded banded coupling diverges for some epochs on this stiff prior (see issue note)
     data = synthetic_gp_splits(n=80)
-    result = Trainer(gp_config(**{"guide.flow": flow, "guide.num_flows": 2, "train.epochs": 3}), data).fit()
-    assert all(math.isfinite(r["train_elbo"]) for r in result.history)
+    config = gp_config(**{"guide.flow": flow, "guide.num_flows": 2, "train.epochs": 6, "train.lr": 1e-3})
+    result = Trainer(config, data).fit()
+    elbos = [r["train_elbo"] for r in result.history]
+    assert all(math.isfinite(e) for e in elbos) and elbos[-1] > elbos[0] + 5, elbos
 
 
 def test_bad_gp_configs_name_the_fix():
