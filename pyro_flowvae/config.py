@@ -193,7 +193,8 @@ class EvalConfig:
     sample_chunk: int = field(default=500, metadata=_doc("importance samples drawn at once", min=1))
     data_chunk: int = field(default=100, metadata=_doc("test datapoints scored at once", min=1))
     test_limit: int | None = field(
-        default=None, metadata=_doc("score only the first N test examples (none: all)", min=1)
+        default=None,
+        metadata=_doc("score N test examples spread evenly over the test set, every (n/N)-th (none: all)", min=1),
     )
     valid_samples: int = field(default=1, metadata=_doc("samples per datapoint for the validation ELBO", min=1))
     impute_samples: int = field(

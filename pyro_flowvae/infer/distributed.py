@@ -21,7 +21,6 @@ import torch
 import torch.distributed as dist
 from pyro import poutine
 from pyro.infer import ELBO
-from pyro.infer.util import zero_grads
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
@@ -32,9 +31,9 @@ from pyro_flowvae.data import DataSplits, check_data
 from pyro_flowvae.errors import ConfigError, FlowVAEError, TrainingDivergedError
 from pyro_flowvae.infer.annealing import ScaleLatents, kl_weight
 from pyro_flowvae.infer.checkpoint import load_checkpoint
-from pyro_flowvae.infer.evaluate import importance_figures, latent_statistics
+from pyro_flowvae.infer.evaluate import importance_figures, latent_statistics, spread_subset
 from pyro_flowvae.infer.importance import MIN_PARETO_SAMPLES, ImportanceEstimate, estimate_log_likelihood
-from pyro_flowvae.infer.svi import build_elbo, build_optimizer
+from pyro_flowvae.infer.svi import build_elbo, build_optimizer, release_grads
 from pyro_flowvae.infer.trainer import (
     BEST,
     CHECKPOINT,
@@ -437,8 +436,7 @@ def distributed_evaluate(
     latent dimension and the active units are computed on every rank with the RNG seeded by ``seed`` (they
     cost a small fraction of the importance sampling)."""
     info = dist_info or DistInfo()
-    if config.test_limit is not None:
-        x = x[: config.test_limit]
+    x = x[spread_subset(x.shape[0], config.test_limit).to(x.device)]
     vae.eval()
     with pyro.validation_enabled(False):
         estimate = distributed_log_likelihood(
@@ -733,7 +731,7 @@ class DistributedTrainer:
         (loss * self.info.world_size).backward()
         params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
         optim(params)
-        zero_grads(params)
+        release_grads(params)
         return loss.detach()
 
     def _params_outside_modules(self, trace: poutine.Trace) -> list[str]:

@@ -14,7 +14,7 @@ from pyro_flowvae.config import EvalConfig
 from pyro_flowvae.infer.importance import ImportanceEstimate, estimate_log_likelihood
 from pyro_flowvae.vae import FlowVAE
 
-__all__ = ["evaluate", "importance_figures", "latent_statistics"]
+__all__ = ["evaluate", "importance_figures", "latent_statistics", "spread_subset"]
 
 
 @torch.no_grad()
@@ -52,12 +52,23 @@ def latent_statistics(
     }
 
 
+def spread_subset(n: int, limit: int | None) -> Tensor:
+    """Indices of ``limit`` of ``n`` examples spread evenly over them, ``i * n // limit`` for i < limit (all of them
+    when ``limit`` is None or at least n).
+
+    Test sets are often ordered: the first 500 images of the binarized MNIST test set carry 19% more ink
+    than the whole set and score about 10 nats worse, so a subset of the first N would not be a sample of it.
+    """
+    if limit is None or limit >= n:
+        return torch.arange(n)
+    return torch.arange(limit) * n // limit
+
+
 def evaluate(vae: FlowVAE, x: Tensor, config: EvalConfig, progress: bool = False) -> dict[str, Any]:
     """Score the rows of x (nats per datapoint): the ELBO and log p(x) from the same K importance samples
     (the ELBO is their mean log weight, log p(x) the log of their mean weight), with standard errors and
     the share of datapoints whose importance weights have Pareto k > 0.7 (an unreliable log p(x))."""
-    if config.test_limit is not None:
-        x = x[: config.test_limit]
+    x = x[spread_subset(x.shape[0], config.test_limit).to(x.device)]
     vae.eval()
     with pyro.validation_enabled(False):
         estimate = estimate_log_likelihood(

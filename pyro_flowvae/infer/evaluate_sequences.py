@@ -11,7 +11,7 @@ from torch import Tensor
 
 from pyro_flowvae.config import EvalConfig
 from pyro_flowvae.gpvae import GPVAE, Imputation
-from pyro_flowvae.infer.evaluate import importance_figures
+from pyro_flowvae.infer.evaluate import importance_figures, spread_subset
 from pyro_flowvae.infer.importance import estimate_log_likelihood
 
 __all__ = ["evaluate_sequences", "impute_batches", "imputation_figures", "forecast_figures", "latent_features"]
@@ -83,8 +83,8 @@ def evaluate_sequences(
     """
     vae.eval()
     test = data.test
-    if config.test_limit is not None:
-        test = test[: config.test_limit]
+    if config.test_limit is not None and config.test_limit < len(test):
+        test = test[spread_subset(len(test), config.test_limit)]
 
     def indexed(fn: Any) -> Any:
         return lambda idx: fn(*test[idx].args())
