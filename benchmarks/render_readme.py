@@ -241,6 +241,122 @@ def speed_block() -> str:
     return "\n".join(lines)
 
 
+def likelihood_block() -> str:
+    parts = []
+    for path in sorted(RESULTS.glob("likelihood_binarized_mnist_*.json")):
+        data = json.loads(path.read_text())
+        cfg, rows = data["config"], data["rows"]
+        first = rows[0]
+        lines = [
+            f"Statically binarized MNIST (Larochelle split 50000/10000/10000), MLP 784-"
+            f"{'-'.join(map(str, cfg['model']['hidden']))}-{cfg['model']['latent_dim']} for every guide, batch "
+            f"{cfg['train']['batch_size']}, Adam {cfg['train']['lr']:g}, KL warm-up over the first "
+            f"{data['command'].split('--warmup ')[1].split()[0]} epochs, early stopping on the validation ELBO "
+            f"(patience {cfg['train'].get('patience')}), best-validation weights; log p(x) with "
+            f"{first['iw_samples']} importance samples on {first['num_test']} test images spread evenly over the test "
+            f"set. Measured on this code on {data['machine']} (`{path.relative_to(ROOT)}`, `{data['command']}`).",
+            "",
+            "| guide | K | epochs (best) | test ELBO | -log p(x), K=" + f"{first['iw_samples']}"
+            " | target | Pareto k > 0.7 | train examples/s | wall time |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        targets = data.get("targets_nll", {})
+        for r in rows:
+            target = targets.get(r["spec"]) or targets.get(r["guide"])
+            share = "n/a" if r["pareto_k_share_above_0_7"] is None else f"{r['pareto_k_share_above_0_7']:.0%}"
+            wall = f"{r['wall_seconds'] / 60:.0f} min" if r.get("wall_seconds") else ""
+            lines.append(
+                f"| {r['guide']} | {r['num_flows']} | {r['epochs']} ({r['best_epoch']}) | {r['test_elbo']:.2f} | "
+                f"{-r['test_log_px']:.2f} ± {r['test_log_px_stderr']:.2f} | {'' if target is None else target} | "
+                f"{share} | {r['train_examples_per_s']:,.0f} | {wall} |"
+            )
+        lines += ["", "Published -log p(x) on the same test set (their architectures and training budgets differ):", ""]
+        lines += ["| source | -log p(x) |", "|---|---:|"]
+        lines += [f"| {lit['source']} | {lit['nll']:.2f} |" for lit in data["literature"]]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) if parts else "No results recorded yet."
+
+
+def seed_block() -> str:
+    parts = []
+    for path in sorted(RESULTS.glob("seed_experiment_*.json")):
+        data = json.loads(path.read_text())
+        st = data["settings"]
+        lines = [
+            f"{st['data']}; {st['architecture']}; batch {st['batch_size']}, Adam {st['lr']:g}, exactly {st['steps']} "
+            f"steps, no warm-up, IAF with K={st['iaf_flows']}. Measured on this code on {data['machine']} "
+            f"(`{path.relative_to(ROOT)}`, `{data['command']}`).",
+            "",
+            "| guide | test ELBO | log p(x) (K IW samples) | train examples/s | seed notebook: test ELBO | "
+            "seed notebook: log p(x) |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in data["rows"]:
+            seed = r["seed_figures"]
+            lines.append(
+                f"| {r['guide']} | {r['test_elbo']:.2f} | {r['test_log_px']:.2f} ± {r['test_log_px_stderr']:.2f} "
+                f"(K={r['iw_samples']}, {r['num_test']} images) | {r['train_examples_per_s']:,.0f} | "
+                f"{seed['test_elbo']:.1f} | {seed['test_log_px']:.1f} |"
+            )
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) if parts else "No results recorded yet."
+
+
+def iw_eval_block() -> str:
+    parts = []
+    for path in sorted(RESULTS.glob("iw_eval_*.json")):
+        data = json.loads(path.read_text())
+        rows = data["rows"]
+        lines = [
+            f"`estimate_log_likelihood` on the likelihood benchmark's model (784-300-300-40, untrained weights: "
+            f"speed and memory do not depend on them), {rows[0]['num_test']} test images per setting, each "
+            f"setting in a fresh process; `{data['command']}` on {data['machine']} (`{path.relative_to(ROOT)}`). "
+            "Peak memory is the rise of the peak resident set over the loaded model and data.",
+            "",
+            "| guide | K | sample chunk | data chunk | datapoint-samples/s | peak extra memory |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r['guide']} | {r['k']} | {r['sample_chunk']} | {r['data_chunk']} | "
+                f"{r['datapoint_samples_per_s']:,.0f} | {r['peak_extra_mib']:.0f} MiB |"
+            )
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) if parts else "No results recorded yet."
+
+
+def pythae_block() -> str:
+    loaded = _load("pythae_cpu.json")
+    if loaded is None:
+        return "No results recorded yet."
+    data, path = loaded
+    st = data["settings"]
+    lines = [
+        f"{st['data']} ({st['test_limit']} scored with {st['iw_samples']} importance samples); {st['architecture']}; "
+        f"batch {st['batch_size']}, {st['optimizer']}, {st['epochs']} epochs on both sides, no warm-up, no early "
+        f"stopping, last-epoch weights (a short equal budget, not converged figures). "
+        "Both libraries trained one after the other in one run, "
+        f"`{data['command']}` on {data['machine']} (`{path}`).",
+        "",
+        "| library | model | K | train examples/s | ours / pythae | test ELBO | log p(x) | parameters |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    ratios = data["throughput_ratio_ours_over_pythae"]
+    pythae_models = [r["model"] for r in data["rows"] if r["library"] == "pythae"]
+    for r in data["rows"]:
+        ratio = ""
+        if r["library"] != "pythae":
+            ours = [x["model"] for x in data["rows"] if x["library"] != "pythae"]
+            partner = pythae_models[ours.index(r["model"])]
+            ratio = f"{ratios[partner]:.2f}"
+        lines.append(
+            f"| {r['library']} | {r['model']} | {r['K']} | {r['train_examples_per_s']:,.0f} | {ratio} | "
+            f"{r['test_elbo']:.2f} | {r['test_log_px']:.2f} ± {r['test_log_px_stderr']:.2f} | {r['num_params']:,} |"
+        )
+    lines += ["", f"Planar: {st['planar']}. IAF: {st['iaf']}. KL: {st['kl']}."]
+    return "\n".join(lines)
+
+
 def config_block() -> str:
     return "```\n" + describe_config() + "\n```"
 
@@ -253,6 +369,10 @@ BLOCKS = {
     "banded-table": banded_block,
     "ddp-table": ddp_block,
     "speed-table": speed_block,
+    "likelihood-table": likelihood_block,
+    "seed-table": seed_block,
+    "iw-eval-table": iw_eval_block,
+    "pythae-table": pythae_block,
     "config-reference": config_block,
 }
 

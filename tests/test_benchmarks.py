@@ -40,3 +40,48 @@ def test_mnist_guides_benchmark_smoke(mnist_root, tmp_path):
     assert [r["guide"] for r in result["rows"]] == ["mean_field", "iaf"]
     assert all(r["test_log_px"] >= r["test_elbo"] for r in result["rows"])
     assert "CPU" in result["machine"] or "CUDA" in result["machine"]
+
+
+@pytest.fixture(scope="module")
+def binarized_root():
+    from tests.conftest import shared_data_dir
+
+    shared = shared_data_dir()
+    if shared is None or not (shared / "binarized_mnist" / "binarized_mnist.npz").is_file():
+        pytest.skip("../shared/data/binarized_mnist is absent")
+    return shared
+
+
+@pytest.mark.slow
+def test_likelihood_table_smoke_trains_each_guide_and_reuses_finished_runs(binarized_root, tmp_path):
+    bench = load("likelihood_table")
+    argv = ["--data-root", str(binarized_root), "--smoke", "--out", str(tmp_path), "--guides", "mean_field,planar:2"]
+    result = bench.main(bench.parse_args(argv))
+    assert [r["spec"] for r in result["rows"]] == ["mean_field", "planar:2"]
+    assert all(r["test_log_px"] >= r["test_elbo"] and r["curve"] for r in result["rows"])
+    assert result["config"]["model"]["hidden"] == [300, 300] and result["config"]["model"]["latent_dim"] == 40
+    stamp = (tmp_path / "planar_2" / "comparison.json").stat().st_mtime_ns
+    again = bench.main(bench.parse_args([*argv, "--reuse"]))  # a finished guide is not trained again
+    assert (tmp_path / "planar_2" / "comparison.json").stat().st_mtime_ns == stamp
+    assert again["rows"][1]["test_log_px"] == result["rows"][1]["test_log_px"]
+
+
+@pytest.mark.slow
+def test_seed_experiment_smoke_runs_the_plain_svi_loop(binarized_root):
+    bench = load("seed_experiment")
+    result = bench.main(bench.parse_args(["--data-root", str(binarized_root), "--smoke", "--threads", "1"]))
+    assert [r["guide"] for r in result["rows"]] == ["mean_field", "iaf"]
+    for r in result["rows"]:
+        assert r["steps"] == 20 and r["train_examples_per_s"] > 0
+        assert r["test_log_px"] >= r["test_elbo"]
+
+
+@pytest.mark.slow
+def test_iw_eval_smoke_memory_grows_with_the_chunk(binarized_root):
+    bench = load("iw_eval")
+    result = bench.main(bench.parse_args(["--data-root", str(binarized_root), "--smoke", "--guides", "mean_field"]))
+    by_setting = {(r["k"], r["sample_chunk"]): r for r in result["rows"]}
+    assert set(by_setting) == {(100, 50), (500, 50), (100, 200)}
+    assert all(r["datapoint_samples_per_s"] > 0 for r in result["rows"])
+    # a 4x larger sample chunk holds 4x the decoder outputs at once: the peak must show it
+    assert by_setting[(100, 200)]["peak_extra_mib"] > by_setting[(100, 50)]["peak_extra_mib"]

@@ -28,3 +28,18 @@ def test_readme_mentions_every_cli_command():
     readme = (REPO / "README.md").read_text()
     for command in ("train", "evaluate", "sample", "compare", "config"):
         assert f"pyro-flowvae {command}" in readme
+
+
+def test_readme_links_every_tutorial_with_a_figure():
+    readme = (REPO / "README.md").read_text()
+    for notebook in sorted((REPO / "notebooks").glob("*.ipynb")):
+        row = next((line for line in readme.splitlines() if f"(notebooks/{notebook.name})" in line), None)
+        assert row is not None, f"README.md does not link notebooks/{notebook.name}"
+        figure = re.search(r'src="([^"]+)"', row)
+        assert figure and (REPO / figure.group(1)).is_file(), f"the README row of {notebook.name} needs a figure"
+
+
+def test_readme_names_every_example():
+    readme = (REPO / "README.md").read_text()
+    for example in sorted((REPO / "examples").glob("*.py")):
+        assert f"examples/{example.name}" in readme, f"README.md does not mention examples/{example.name}"
