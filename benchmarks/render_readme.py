@@ -257,7 +257,7 @@ def likelihood_block() -> str:
             f"set. Measured on this code on {data['machine']} (`{path.relative_to(ROOT)}`, `{data['command']}`).",
             "",
             "| guide | K | epochs (best) | test ELBO | -log p(x), K=" + f"{first['iw_samples']}"
-            " | target | Pareto k > 0.7 | train examples/s | wall time |",
+            " | target | Pareto k > 0.7 | train examples/s (loaded machine) | wall time |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         targets = data.get("targets_nll", {})
@@ -287,7 +287,8 @@ def seed_block() -> str:
             f"steps, no warm-up, IAF with K={st['iaf_flows']}. Measured on this code on {data['machine']} "
             f"(`{path.relative_to(ROOT)}`, `{data['command']}`).",
             "",
-            "| guide | test ELBO | log p(x) (K IW samples) | train examples/s | seed notebook: test ELBO | "
+            "| guide | test ELBO | log p(x) (K IW samples) | train examples/s (loaded machine) | "
+            "seed notebook: test ELBO | "
             "seed notebook: log p(x) |",
             "|---|---:|---:|---:|---:|---:|",
         ]
