@@ -113,3 +113,52 @@ def test_training_steps_never_synchronise_with_the_host_on_cuda(flow):
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(torch.stack(losses)).all()
+
+
+def _fixed_noise_loss(vae: FlowVAE, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """-ELBO per datapoint for given base noise eps: z_0 = loc + scale * eps pushed through the guide's flow,
+    log q(z_K) = log q_0(z_0) - sum_k log|det J_k|, scored by the model conditioned on z_K."""
+    from pyro import poutine
+
+    posterior = vae.guide.get_posterior(x)
+    base = getattr(posterior, "base_dist", posterior)  # mean-field: the Gaussian itself
+    z = base.mean + base.stddev * eps
+    log_q = base.log_prob(z)
+    log_q = log_q.sum(-1) if log_q.dim() > 1 else log_q
+    for transform in getattr(posterior, "transforms", []):
+        y = transform(z)
+        log_det = transform.log_abs_det_jacobian(z, y)
+        log_q = log_q - (log_det.sum(-1) if log_det.dim() > 1 else log_det)
+        z = y
+    trace = poutine.trace(poutine.condition(vae.model, data={"z": z})).get_trace(x)
+    trace.compute_log_prob()
+    log_p = sum(site["log_prob"] for site in trace.nodes.values() if site["type"] == "sample")
+    return log_q - log_p
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))],
+)
+@pytest.mark.parametrize("flow", ["mean_field", "planar", "radial", "householder", "iaf", "spline"])
+def test_loss_on_the_device_equals_the_cpu_loss_for_the_same_weights_and_noise(flow, device):
+    """The whole per-datapoint loss (encoder, flow, log-dets, decoder, likelihood) on the device matches the CPU
+    float64 loss for fixed weights, batch and base noise (TF32 off: float32 matmuls on both)."""
+    import copy
+
+    config = load_config(None, [f"guide.flow={flow}", "guide.num_flows=2", "model.latent_dim=4", "model.hidden=[32]"])
+    torch.manual_seed(0)
+    vae = FlowVAE.from_config(config, 20).eval()
+    x = (torch.rand(16, 20) < 0.4).float()
+    eps = torch.randn(16, 4)
+    with torch.no_grad(), pyro.validation_enabled(False):
+        reference = _fixed_noise_loss(copy.deepcopy(vae).double(), x.double(), eps.double())
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            moved = copy.deepcopy(vae).to(device)
+            loss = _fixed_noise_loss(moved, x.to(device), eps.to(device))
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+    assert loss.device.type == device and loss.shape == (16,)
+    assert torch.allclose(loss.double().cpu(), reference, rtol=1e-4, atol=1e-3), (loss, reference)
