@@ -26,7 +26,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pyro_flowvae.runs import compare, evaluate_run, format_table, machine  # noqa: E402
+from pyro_flowvae.runs import compare, format_table, machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -74,21 +74,10 @@ def train_guide(spec: str, args: argparse.Namespace, out: Path) -> dict:
         seconds = time.perf_counter() - start
         comparison = json.loads(done.read_text())
         comparison["wall_seconds"] = seconds
-        comparison["test_subset"] = "spread"  # eval.test_limit picks images spread over the test set
         done.write_text(json.dumps(comparison, indent=2) + "\n")
     comparison = json.loads(done.read_text())
     (row,) = comparison["rows"]
     run = next(p for p in folder.iterdir() if p.is_dir())
-    if comparison.get("test_subset") != "spread":
-        # Scored by an older eval.test_limit, which took the first N test images (19% more ink than the whole
-        # set): score the run again on images spread over the test set.
-        start = time.perf_counter()
-        overrides = {"eval.test_limit": row["num_test"], "eval.iw_samples": row["iw_samples"]}
-        metrics = evaluate_run(run, overrides=overrides)
-        keys = ("test_elbo", "test_elbo_stderr", "test_log_px", "test_log_px_stderr", "pareto_k_share_above_0_7")
-        row.update({key: metrics[key] for key in keys} | {"num_test": metrics["num_test"]})
-        comparison.update(rows=[row], test_subset="spread", rescore_seconds=time.perf_counter() - start)
-        done.write_text(json.dumps(comparison, indent=2) + "\n")
     return {**row, "spec": spec, "wall_seconds": comparison.get("wall_seconds"), "curve": learning_curve(run)}
 
 

@@ -17,7 +17,8 @@ the same torch threads, so the throughput ratio is like for like: examples/s of 
 (our trainer's figure; for pythae the time spent in ``BaseTrainer.train_step``, so neither side's
 checkpointing, validation or evaluation counts).
 
-Test log p(x): the same first ``--test-limit`` test images with ``--iw-samples`` importance samples on
+Test log p(x): the same ``--test-limit`` test images (spread over the test set, as ``eval.test_limit``
+picks them) with ``--iw-samples`` importance samples on
 both sides; ours from ``eval.iw_samples``, pythae's from its ``model.get_nll`` (which returns the mean
 log p(x), a negative number, despite its name) and, as a check, from our own importance sampler over the
 pythae model's modules (exact Bernoulli log-likelihood from the logits, exact planar log-determinant),
@@ -50,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_flowvae.config import load_config
+from pyro_flowvae.infer.evaluate import spread_subset
 from pyro_flowvae.runs import compare, load_run_data, machine, versions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -332,7 +334,7 @@ def run_pythae(name: str, k: int, data, args: argparse.Namespace, device: str, o
     model = trainer.model.eval()
     train_seconds = sum(epoch_seconds)
 
-    test = data.test[: args.test_limit].to(device)
+    test = data.test[spread_subset(data.test.shape[0], args.test_limit)].to(device)  # the images ours scores
     start = time.perf_counter()
     with torch.no_grad():  # get_nll builds autograd graphs without it
         batch = min(args.iw_samples, 1000)
@@ -443,7 +445,7 @@ def main(args: argparse.Namespace) -> dict:
         "command": f"python benchmarks/pythae_compare.py --data-root DATA --epochs {args.epochs} "
         f"--iw-samples {args.iw_samples} --test-limit {args.test_limit}",
         "settings": {
-            "data": "statically binarized MNIST (binarized_mnist.npz): 50000 train, the first test images",
+            "data": "statically binarized MNIST (binarized_mnist.npz): 50000 train, test images spread over the set",
             "architecture": "encoder 784-300-300 -> (mean, log-variance) 40, decoder 40-300-300-784, ReLU, Bernoulli",
             "batch_size": BATCH,
             "lr": LR,
@@ -484,7 +486,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-root", default="data", help="folder holding binarized_mnist.npz")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--iw-samples", type=int, default=1000)
-    parser.add_argument("--test-limit", type=int, default=1000, help="score the first N test images")
+    parser.add_argument("--test-limit", type=int, default=1000, help="score N test images spread over the test set")
     parser.add_argument("--models", default=",".join(p[0] for p in PAIRS), help="pythae models (and their pairs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads, both sides")
