@@ -7,9 +7,9 @@ Every row trains the same config (the README's MLP 784-512-32, mean-field guide,
 synthetic binary 784-pixel data for a few epochs and reports the training examples per second of the epochs
 after the first (validation excluded). Rows:
 
-- ``trainer``: the single-process :class:`~pyro_flowvae.infer.trainer.Trainer`, with 1 and with all threads;
-- ``ddp``: :class:`~pyro_flowvae.infer.distributed.DistributedTrainer` under ``torchrun --standalone
-  --nproc_per_node=N`` (gloo on the CPU, NCCL on GPUs), one thread per process on the CPU.
+- ``trainer``: :class:`~pyro_flowvae.infer.trainer.Trainer` in a single process, with 1 and with all threads;
+- ``ddp``: the same Trainer under ``torchrun --standalone --nproc_per_node=N`` (gloo on the CPU, NCCL on GPUs),
+  one thread per process on the CPU.
 
 The global batch is the same in every row, so every row does the same work per epoch.
 """
@@ -96,20 +96,19 @@ def config(npz: Path, args: argparse.Namespace, batch_size: int) -> dict:
 def measure(args: argparse.Namespace) -> None:
     import torch
 
-    from pyro_flowvae.infer.distributed import DistributedTrainer, cleanup, init_distributed
-    from pyro_flowvae.infer.trainer import Trainer
-    from pyro_flowvae.runs import as_config, load_run_data
+    from pyro_flowvae.infer.distributed import cleanup, init_distributed
+    from pyro_flowvae.runs import as_config, fit_model, load_run_data
 
     torch.set_num_threads(args.threads)
     cfg = as_config(json.loads(Path(args.config_file).read_text()))
     data = load_run_data(cfg)
     cpu = time.process_time()  # every thread of this process
     if args.engine == "trainer":
-        result = Trainer(cfg, data).fit()
+        result = fit_model(cfg, data)
         rank, world = 0, 1
     else:
         info = init_distributed("auto", timeout_s=300, device=cfg.train.device)
-        result = DistributedTrainer(cfg, data, None, info).fit()
+        result = fit_model(cfg, data, None, info)
         rank, world = info.rank, info.world_size
     cpu = time.process_time() - cpu
     allreduce_ms = None

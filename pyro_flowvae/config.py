@@ -8,11 +8,18 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, get_args, get_origin, get_type_hints
 
 import tomli_w
 
+from pyro_flowvae.data.load import DATASETS
+from pyro_flowvae.data.series import SEQUENCE_LOADERS
+from pyro_flowvae.data.splits import BINARIZE_MODES
 from pyro_flowvae.errors import ConfigError
+from pyro_flowvae.infer.optim import LR_SCHEDULES, OPTIMIZERS
+
+if TYPE_CHECKING:
+    from pyro_flowvae.tasks import Task
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,16 +38,13 @@ __all__ = [
     "load_config",
     "parse_overrides",
     "config_diff",
+    "flatten_config",
     "describe_config",
 ]
 
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
-IMAGE_DATASETS = ("mnist", "fashion_mnist", "binarized_mnist", "npz")
-SEQUENCE_DATASETS = ("healing_mnist", "airline")
-DATASET_NAMES = IMAGE_DATASETS + SEQUENCE_DATASETS
-BINARIZE_MODES = ("dynamic", "static", "none")
+DATASET_NAMES = DATASETS + tuple(SEQUENCE_LOADERS)
 ELBOS = ("trace", "mean_field", "jit")
-OPTIMIZERS = ("adam", "clipped_adam")
 DEVICES = ("auto", "cpu", "cuda")
 ACTIVATIONS = ("relu", "elu", "softplus", "tanh", "gelu")
 PRIORS = ("standard_normal", "gp")
@@ -143,11 +147,36 @@ class TrainConfig:
 
     epochs: int = field(default=10, metadata=_doc("passes over the training set", min=1))
     batch_size: int = field(default=128, metadata=_doc("minibatch size", min=1))
-    lr: float = field(default=1e-3, metadata=_doc("Adam learning rate", min_exclusive=0.0))
-    optimizer: str = field(default="adam", metadata=_doc("pyro.optim optimizer", choices=OPTIMIZERS))
+    lr: float = field(default=1e-3, metadata=_doc("learning rate of train.optimizer", min_exclusive=0.0))
+    optimizer: str = field(
+        default="adam",
+        metadata=_doc("torch.optim optimizer over the model's and guide's parameters", choices=tuple(OPTIMIZERS)),
+    )
     clip_norm: float | None = field(
         default=10.0,
-        metadata=_doc("clip each parameter's gradient norm (none: no clipping)", min_exclusive=0.0),
+        metadata=_doc(
+            "clip the global gradient norm, over all parameters (torch.nn.utils.clip_grad_norm_; none: no clipping)",
+            min_exclusive=0.0,
+        ),
+    )
+    lr_schedule: str = field(
+        default="constant",
+        metadata=_doc(
+            "learning-rate schedule, stepped once per epoch: constant, step (times lr_gamma every lr_step_epochs), "
+            "cosine (to lr_min over train.epochs) or plateau (times lr_gamma after lr_patience epochs without a "
+            "better validation ELBO)",
+            choices=LR_SCHEDULES,
+        ),
+    )
+    lr_gamma: float = field(
+        default=0.5, metadata=_doc("factor of the step and plateau schedules", min_exclusive=0.0, max=1.0)
+    )
+    lr_step_epochs: int = field(default=30, metadata=_doc("epochs between the step schedule's decays", min=1))
+    lr_patience: int = field(
+        default=10, metadata=_doc("epochs without a better validation ELBO before the plateau schedule decays", min=0)
+    )
+    lr_min: float = field(
+        default=0.0, metadata=_doc("lowest learning rate of the cosine and plateau schedules", min=0.0)
     )
     kl_warmup_epochs: float = field(
         default=0.0,
@@ -268,9 +297,11 @@ class Config:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     @property
-    def is_sequence(self) -> bool:
-        """Whether the data are sequences over time (a GP-VAE or frame-wise sequence VAE is built)."""
-        return self.data.name in SEQUENCE_DATASETS
+    def task(self) -> Task:
+        """The workflow of ``data.name`` (:data:`~pyro_flowvae.tasks.TASKS`): images or sequences."""
+        from pyro_flowvae.tasks import task_for
+
+        return task_for(self.data.name)
 
     # -- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -337,27 +368,7 @@ class Config:
                 check_flow_options(family, dict(options))
             except ConfigError as error:
                 raise ConfigError(f"guide.options.{family}: {error}") from None
-        if not self.is_sequence:
-            if self.model.prior == "gp":
-                raise ConfigError(
-                    f"model.prior = 'gp' is a prior over time and needs sequence data (data.name one of: "
-                    f"{', '.join(SEQUENCE_DATASETS)}); data.name = {self.data.name!r} holds single images, "
-                    "use model.prior = 'standard_normal'"
-                )
-            if self.guide.covariance != "diagonal":
-                raise ConfigError(
-                    f"guide.covariance = {self.guide.covariance!r} couples time steps and needs sequence data "
-                    f"(data.name one of: {', '.join(SEQUENCE_DATASETS)}); use guide.covariance = 'diagonal'"
-                )
-            if self.data.options:
-                raise ConfigError(
-                    f"data.options are read by the sequence data sets ({', '.join(SEQUENCE_DATASETS)}) only; "
-                    f"remove [data.options] for data.name = {self.data.name!r}"
-                )
-        else:
-            from pyro_flowvae.data.series import check_sequence_options
-
-            check_sequence_options(self.data.name, self.data.options)
+        self.task.check_config(self)  # keys another task reads are errors here
         if self.model.prior == "gp":
             from pyro_flowvae.priors.kernels import build_kernel
 
@@ -399,11 +410,15 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
 
 def config_diff(a: Config | Mapping[str, Any], b: Config | Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Dotted keys whose values differ between two configs, mapped to (value in a, value in b)."""
-    flat_a = _flatten(a.to_dict() if isinstance(a, Config) else dict(a))
-    flat_b = _flatten(b.to_dict() if isinstance(b, Config) else dict(b))
+    flat_a, flat_b = flatten_config(a), flatten_config(b)
     return {
         k: (flat_a.get(k), flat_b.get(k)) for k in sorted(set(flat_a) | set(flat_b)) if flat_a.get(k) != flat_b.get(k)
     }
+
+
+def flatten_config(config: Config | Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys and their values (keys whose value is None are left out, as in :meth:`Config.to_dict`)."""
+    return _flatten(config.to_dict() if isinstance(config, Config) else dict(config))
 
 
 def describe_config() -> str:

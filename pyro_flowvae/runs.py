@@ -5,28 +5,30 @@ from __future__ import annotations
 import json
 import platform
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyro
 import torch
+from torch import nn
 
 from pyro_flowvae.atomic import atomic_write
 from pyro_flowvae.config import Config, GuideConfig, load_config
-from pyro_flowvae.data import DataSplits, check_data, load_data
 from pyro_flowvae.errors import ConfigError, FlowVAEError
 from pyro_flowvae.infer.checkpoint import load_checkpoint
-from pyro_flowvae.infer.evaluate import evaluate
-from pyro_flowvae.infer.trainer import BEST, CHECKPOINT, Trainer, resolve_device
-from pyro_flowvae.plots import interleave, plot_elbo_curve, plot_kl_per_dim, save_image_grid
-from pyro_flowvae.vae import FlowVAE, build_vae
+from pyro_flowvae.infer.distributed import DistInfo, init_distributed, on_main, resolve_device
+from pyro_flowvae.infer.trainer import BEST, CHECKPOINT, Trainer, TrainResult
+from pyro_flowvae.plots import plot_elbo_curve, save_image_grid
+from pyro_flowvae.tasks.images import run_title
 
 __all__ = [
     "RunResult",
     "as_config",
     "load_run_data",
     "train",
+    "fit_model",
     "evaluate_run",
     "load_run",
     "sample_run",
@@ -48,7 +50,7 @@ class RunResult:
 
     run_dir: Path | None
     metrics: dict[str, Any]
-    vae: FlowVAE
+    vae: nn.Module
     history: list[dict[str, Any]]
 
 
@@ -64,32 +66,9 @@ def as_config(
     return load_config(config, overrides)
 
 
-def load_run_data(config: Config) -> DataSplits | Any:
-    """The data splits a config names (a SequenceSplits for sequence data)."""
-    d = config.data
-    if config.is_sequence:
-        from pyro_flowvae.data.series import load_sequence_data
-
-        return load_sequence_data(
-            d.name,
-            root=d.root,
-            options=d.options,
-            seed=config.train.seed,
-            cache_dir=d.cache_dir,
-            download=d.download,
-            path=d.path,
-        )
-    return load_data(
-        d.name,
-        root=d.root,
-        path=d.path,
-        limit=d.limit,
-        valid_size=d.valid_size,
-        binarize=d.binarize,
-        download=d.download,
-        seed=config.train.seed,
-        cache_dir=d.cache_dir,
-    )
+def load_run_data(config: Config) -> Any:
+    """The data splits a config names, loaded by its task (a SequenceSplits for sequence data)."""
+    return config.task.load_data(config)
 
 
 def cpu_name() -> str:
@@ -136,16 +115,19 @@ def train(
     out: str | Path | None = None,
     overrides: Iterable[str] | Mapping[str, Any] | None = None,
     resume: bool = False,
-    data: DataSplits | None = None,
+    data: Any = None,
     verbose: bool = False,
 ) -> RunResult:
     """Train, evaluate on the test set, and (with ``out``) write the run directory:
 
     ``config.toml`` (resolved), ``checkpoint.pt`` (last epoch), ``best.pt`` (best validation ELBO),
-    ``log.jsonl`` (one line per epoch), ``elbo_curve.png``, ``samples.png``, ``reconstructions.png``
-    (image data) and ``metrics.json`` (nats per datapoint; the test figures use the best-validation weights).
+    ``log.jsonl`` (one line per epoch), ``elbo_curve.png``, the task's plots (``samples.png`` and
+    ``reconstructions.png`` for images, imputations or the forecast for sequences) and ``metrics.json`` (nats
+    per datapoint; the test figures use the best-validation weights). Under torchrun every process runs this
+    same function: the processes train data-parallel and rank 0 writes the run directory.
     """
     config = as_config(config, overrides)
+    task = config.task
     run_dir = Path(out) if out is not None else None
 
     def report(record: dict[str, Any]) -> None:
@@ -157,65 +139,58 @@ def train(
                 flush=True,
             )
 
-    from pyro_flowvae.infer.distributed import torchrun_world_size
-
-    if torchrun_world_size() is not None:
-        return _train_distributed(config, run_dir, resume, data, report, verbose)
-    if run_dir is not None:
-        _prepare_run_dir(run_dir, config, resume)
-    if data is None:
-        data = load_run_data(config)
-    trainer = Trainer(config, data, run_dir, on_epoch=report)
-    result = trainer.fit(resume=resume)
-    progress = verbose and config.train.progress and sys.stderr.isatty()
-    if config.is_sequence:
-        from pyro_flowvae.infer.evaluate_sequences import evaluate_sequences
-
-        figures = evaluate_sequences(result.vae, trainer.data, config.eval, progress=progress)
-    else:
-        figures = evaluate(result.vae, data.test.to(trainer.device), config.eval, progress=progress)
-    metrics = _run_metrics(figures, result, config, data)
-    if run_dir is not None:
-        if resume:
-            config.save(run_dir / CONFIG_FILE)  # the resumed config may extend train.epochs
-        _write_json(run_dir / METRICS_FILE, metrics)
-        _write_figures(run_dir, result.vae, result.history, data, config, metrics)
-    return RunResult(run_dir, metrics, result.vae, result.history)
-
-
-def _train_distributed(
-    config: Config,
-    run_dir: Path | None,
-    resume: bool,
-    data: Any,
-    report: Any,
-    verbose: bool,
-) -> RunResult:
-    """:func:`train` under torchrun: DistributedDataParallel over the process group, rank 0 writing the run."""
-    from pyro_flowvae.infer.distributed import DistributedTrainer, distributed_evaluate, init_distributed, on_main
-
     info = init_distributed(config.distributed.backend, config.distributed.timeout_s, config.train.device)
     if run_dir is not None:
         on_main(lambda: _prepare_run_dir(run_dir, config, resume), info)
-    if data is None:
-        data = on_main(lambda: load_run_data(config), info) or load_run_data(config)  # rank 0 extracts first
-    trainer = DistributedTrainer(config, data, run_dir, info, on_epoch=report)
-    result = trainer.fit(resume=resume)
+    if data is None:  # rank 0 first (it may extract files), then the others read what it extracted
+        data = on_main(lambda: task.load_data(config), info) or task.load_data(config)
+    result = fit_model(config, data, run_dir, info, resume=resume, on_epoch=report)
     progress = verbose and info.is_main and config.train.progress and sys.stderr.isatty()
-    figures = distributed_evaluate(
-        result.vae, data.test.to(trainer.device), config.eval, info, seed=config.train.seed, progress=progress
-    )
-    metrics = {**_run_metrics(figures, result, config, data), "world_size": info.world_size}
+    figures = task.evaluate(result.vae, data, config, info, progress=progress)
+    metrics = _run_metrics(figures, result, config, data)
+    if info.distributed:
+        metrics["world_size"] = info.world_size
 
     def write() -> None:
         if resume:
-            config.save(run_dir / CONFIG_FILE)
+            config.save(run_dir / CONFIG_FILE)  # the resumed config may extend train.epochs
         _write_json(run_dir / METRICS_FILE, metrics)
         _write_figures(run_dir, result.vae, result.history, data, config, metrics)
 
     if run_dir is not None:
         on_main(write, info)
     return RunResult(run_dir, metrics, result.vae, result.history)
+
+
+def fit_model(
+    config: Config,
+    data: Any,
+    run_dir: str | Path | None = None,
+    dist_info: DistInfo | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Check ``data`` for the config's task, build its model from ``train.seed`` (the same weights on every
+    rank) and train it with :class:`~pyro_flowvae.infer.trainer.Trainer`; :func:`train` without the evaluation
+    and the plots."""
+    task = config.task
+    task.check_data(config, data)
+    meta = task.meta(data)
+    pyro.clear_param_store()  # pyro.module keeps stale parameters of an earlier model with the same names
+    pyro.set_rng_seed(config.train.seed)
+    vae = task.build_model(config, meta)
+    trainer = Trainer(
+        vae,
+        data.train,
+        data.valid,
+        config,
+        run_dir,
+        dist_info,
+        on_epoch=on_epoch,
+        dynamic_binarize=task.dynamic_binarize(data),
+        meta=meta,
+    )
+    return trainer.fit(resume=resume)
 
 
 def _run_metrics(figures: dict[str, Any], result: Any, config: Config, data: Any) -> dict[str, Any]:
@@ -239,7 +214,7 @@ def _run_metrics(figures: dict[str, Any], result: Any, config: Config, data: Any
     }
 
 
-def load_run(run_dir: str | Path, device: str = "auto") -> tuple[Config, FlowVAE, dict[str, Any]]:
+def load_run(run_dir: str | Path, device: str = "auto") -> tuple[Config, nn.Module, dict[str, Any]]:
     """The config, the best-validation model and the checkpoint metadata of a run directory."""
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_FILE
@@ -252,7 +227,7 @@ def load_run(run_dir: str | Path, device: str = "auto") -> tuple[Config, FlowVAE
     use_best = config.train.restore_best and (run_dir / BEST).is_file()
     path = run_dir / BEST if use_best else run_dir / CHECKPOINT
     state = load_checkpoint(path, config)
-    vae = build_vae(config, state["data_dim"], state.get("seq_len"))
+    vae = config.task.build_model(config, state)
     vae.load_state_dict(state["vae"])
     return config, vae.to(resolve_device(device)).eval(), state
 
@@ -270,17 +245,15 @@ def evaluate_run(
     if iw_samples is not None:
         extra["eval.iw_samples"] = iw_samples
     config = config.with_overrides(extra) if extra else config
-    data = load_run_data(config)
-    device = next(vae.parameters()).device
-    if config.is_sequence:
-        from pyro_flowvae.data.series import check_sequence_splits
-        from pyro_flowvae.infer.evaluate_sequences import evaluate_sequences
-
-        check_sequence_splits(data, config.model.likelihood)
-        figures = evaluate_sequences(vae, data.to(device), config.eval, progress=verbose)
-    else:
-        check_data(data.test, likelihood=config.model.likelihood, data_dim=state["data_dim"], split="test")
-        figures = evaluate(vae, data.test.to(device), config.eval, progress=verbose)
+    task = config.task
+    data = task.load_data(config)
+    task.check_data(config, data)
+    if differs := {k: (v, state.get(k)) for k, v in task.meta(data).items() if state.get(k) != v}:
+        lines = ", ".join(f"{k} {a!r} (the model has {b!r})" for k, (a, b) in differs.items())
+        raise FlowVAEError(
+            f"the data {config.data.name!r} now have {lines}; score the run on the data it was trained on"
+        )
+    figures = task.evaluate(vae, data, config, DistInfo(device=next(vae.parameters()).device), progress=verbose)
     metrics_path = run_dir / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     metrics.update(figures)
@@ -295,13 +268,14 @@ def sample_run(run_dir: str | Path, num: int = 64, out: str | Path | None = None
     if num < 1:
         raise ConfigError(f"--num must be >= 1, got {num}")
     config, vae, state = load_run(run_dir)
-    if config.is_sequence:
+    task = config.task
+    if not hasattr(task, "sample"):
         raise FlowVAEError(
-            f"{run_dir} is a sequence run ({config.data.name}); `sample` draws single images from the prior. Its "
+            f"{run_dir} is a {task.name} run ({config.data.name}); `sample` draws single images from the prior. Its "
             "imputations and forecasts are in the run directory (imputations.png / forecast.png, metrics.json)"
         )
     torch.manual_seed(seed)
-    images = vae.generate(num).cpu()
+    images = task.sample(vae, num, state).cpu()
     if out is not None:
         if state.get("image_shape") is None:
             raise FlowVAEError(f"{run_dir} was trained on data of no image shape; nothing to draw as a grid")
@@ -341,18 +315,17 @@ def compare(
     ``guides`` holds ``name`` or ``name:K`` (K flow layers). Every config is checked before any training.
     Writes ``out/comparison.json`` and returns one row per guide."""
     configs = parse_guide_specs(guides, as_config(config, overrides))
-    data = load_run_data(configs[0])
+    data = configs[0].task.load_data(configs[0])
     rows = []
     for cfg, spec in zip(configs, guides):
         result = train(cfg, Path(out) / spec.replace(":", "_"), data=data, verbose=verbose)
         m = result.metrics
         keys = (
             "guide", "num_flows", "test_elbo", "test_elbo_stderr", "test_log_px", "test_log_px_stderr", "iw_samples",
-            "num_test", "pareto_k_share_above_0_7", "active_units", "train_examples_per_s", "num_params", "epochs",
+            "num_test", "pareto_k_share_above_0_7", "train_examples_per_s", "num_params", "epochs",
             "best_epoch", "device",
         )  # fmt: skip
-        if cfg.is_sequence:  # sequence runs report imputation / forecast figures instead of active units
-            keys = (*keys, "test_nll_missing", "test_mse_missing", "auroc", "rmse", "mape", "coverage90")
+        keys = (*keys, *(k for k in cfg.task.metric_keys if k not in keys))  # the task's own figures
         rows.append({key: m.get(key) for key in keys})
         _write_json(
             Path(out) / "comparison.json", {"rows": rows, "config": configs[0].to_dict(), "versions": versions()}
@@ -361,12 +334,15 @@ def compare(
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A Markdown table of compare's rows (with the imputation or forecast figures of sequence runs)."""
-    extra = [k for k in ("test_nll_missing", "test_mse_missing", "auroc", "rmse", "mape", "coverage90")
-             if any(r.get(k) is not None for r in rows)]  # fmt: skip
-    header = "| guide | K | test ELBO | log p(x) (IW) | Pareto k>0.7 | active units | train ex/s | params |"
-    header += "".join(f" {k} |" for k in extra)
-    rule = "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(extra)
+    """A Markdown table of compare's rows, with the columns of each task's figures that the rows have
+    (active units for images; imputation or forecast figures for sequences)."""
+    from pyro_flowvae.tasks import TASKS
+
+    task_keys = dict.fromkeys(k for task in TASKS.values() for k in task.metric_keys)
+    extra = [k for k in task_keys if any(r.get(k) is not None for r in rows)]
+    header = "| guide | K | test ELBO | log p(x) (IW) | Pareto k>0.7 | train ex/s | params |"
+    header += "".join(f" {k.replace('_', ' ')} |" for k in extra)
+    rule = "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(extra)
 
     def share(value: float | None) -> str:
         return "n/a (K < 25)" if value is None else f"{value:.1%}"
@@ -376,7 +352,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
     lines = [
         f"| {r['guide']} | {r['num_flows']} | {r['test_elbo']:.2f} | {r['test_log_px']:.2f} ± "
-        f"{r['test_log_px_stderr']:.2f} | {share(r['pareto_k_share_above_0_7'])} | {cell(r.get('active_units'))} | "
+        f"{r['test_log_px_stderr']:.2f} | {share(r['pareto_k_share_above_0_7'])} | "
         f"{r['train_examples_per_s']:.0f} | {r['num_params']:,} |" + "".join(f" {cell(r.get(k))} |" for k in extra)
         for r in rows
     ]
@@ -406,31 +382,8 @@ def _write_json(path: Path, obj: Any) -> None:
 
 @torch.no_grad()
 def _write_figures(
-    run_dir: Path,
-    vae: FlowVAE,
-    history: list[dict[str, Any]],
-    data: DataSplits,
-    config: Config,
-    metrics: dict[str, Any],
+    run_dir: Path, vae: nn.Module, history: list[dict[str, Any]], data: Any, config: Config, metrics: dict[str, Any]
 ) -> None:
-    title = f"{config.guide.flow} guide, latent {config.model.latent_dim}, {config.data.name}"
     if history:
-        plot_elbo_curve(history, run_dir / "elbo_curve.png", title=title)
-    if config.is_sequence:
-        from pyro_flowvae.plots_sequences import write_sequence_figures
-
-        write_sequence_figures(run_dir, vae, data, config, metrics)
-        return
-    plot_kl_per_dim(
-        metrics["kl_per_dim"],
-        metrics["activity_per_dim"],
-        run_dir / "kl_per_dim.png",
-        title=f"{title}: {metrics['active_units']} active units",
-    )
-    if data.image_shape is None:
-        return
-    device = next(vae.parameters()).device
-    torch.manual_seed(config.train.seed)
-    save_image_grid(vae.generate(64), data.image_shape, run_dir / "samples.png", nrow=8)
-    x = data.test[:32].to(device)
-    save_image_grid(interleave(x, vae.reconstruct(x)), data.image_shape, run_dir / "reconstructions.png", nrow=8)
+        plot_elbo_curve(history, run_dir / "elbo_curve.png", title=run_title(config))
+    config.task.write_figures(run_dir, vae, data, config, metrics)

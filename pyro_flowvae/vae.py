@@ -56,10 +56,6 @@ class FlowVAE(nn.Module):
 
 
 def build_vae(config: Config, data_dim: int, seq_len: int | None = None) -> nn.Module:
-    """The model and guide a config describes: a :class:`FlowVAE` for images, a
-    :class:`~pyro_flowvae.gpvae.GPVAE` for sequence data (``config.is_sequence``)."""
-    if config.is_sequence:
-        from pyro_flowvae.gpvae import GPVAE
-
-        return GPVAE.from_config(config, data_dim, seq_len)
-    return FlowVAE.from_config(config, data_dim)
+    """The model and guide a config describes, built by its task (``config.task``): a :class:`FlowVAE` for
+    images, a :class:`~pyro_flowvae.gpvae.GPVAE` for sequence data of length ``seq_len``."""
+    return config.task.build_model(config, {"data_dim": data_dim, "seq_len": seq_len})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import struct
 import subprocess
 import sys
 
@@ -74,7 +75,18 @@ def test_train_evaluate_sample_end_to_end(tmp_path, image_npz, capsys):
     assert main(["evaluate", str(run), "--iw-samples", "50", "--quiet"]) == 0
     assert json.loads((run / "metrics.json").read_text())["iw_samples"] == 50
     assert main(["sample", str(run), "--num", "9", "--out", str(tmp_path / "s.png")]) == 0
-    assert (tmp_path / "s.png").stat().st_size > 0
+    png = (tmp_path / "s.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk
+    h, w = metrics_image_shape(run)
+    assert (width, height) == (3 * (w + 2) + 2, 3 * (h + 2) + 2)  # 9 images: a 3 x 3 grid, 2-pixel padding
+
+
+def metrics_image_shape(run):
+    """(height, width) of the run's images, from its checkpoint."""
+    from pyro_flowvae.infer.checkpoint import load_checkpoint
+
+    return tuple(load_checkpoint(run / "checkpoint.pt")["image_shape"][-2:])
 
 
 def test_compare_trains_each_guide_and_prints_one_table(tmp_path, image_npz, capsys):
@@ -196,7 +208,9 @@ def test_evaluating_on_data_of_another_dimension_names_both(tmp_path, image_npz,
     assert main(["train", str(config), "--out", str(run), "--quiet"]) == 0
     assert main(["evaluate", str(run), "--set", f"data.path={tiny_npz}", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "12 values per example but the model expects data_dim = 20" in err, err
+    assert "now have data_dim 12 (the model has 20)" in err and "score the run on the data it was trained on" in err, (
+        err
+    )
 
 
 def test_gaussian_likelihood_on_real_valued_user_data(tmp_path):

@@ -143,3 +143,34 @@ def test_flow_options_are_per_family_and_checked_when_the_config_is_read():
     assert vae.guide.flow.blocks[0].nn.layers[0].out_features == 64  # spline's default width, not iaf's 8
     vae = FlowVAE.from_config(config.with_overrides(["model.latent_dim=4"]), 5)
     assert vae.guide.flow.blocks[0].nn.layers[0].out_features == 8
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"data.name": "airline", "model.likelihood": "gaussian", "data.limit": 100}, r"data\.limit = 100 does not"),
+        ({"data.name": "airline", "model.likelihood": "gaussian", "data.binarize": "static"}, r"data\.binarize"),
+        ({"data.name": "healing_mnist", "data.valid_size": 10}, r"data\.valid_size = 10 does not apply"),
+        ({"eval.level": 0.5}, r"eval\.level = 0\.5 does not apply to data\.name = 'mnist' \(image data\)"),
+        ({"gp.kernel": "rbf"}, r"gp\.kernel = 'rbf' does not apply"),
+    ],
+)
+def test_a_key_the_task_would_ignore_is_an_error_that_names_it(overrides, message):
+    with pytest.raises(ConfigError, match=message + r".*remove it from the config"):
+        load_config(None, overrides)
+
+
+def test_every_choice_list_comes_from_its_registry():
+    from dataclasses import fields
+
+    from pyro_flowvae.config import DataConfig, TrainConfig
+    from pyro_flowvae.infer.optim import LR_SCHEDULES, OPTIMIZERS
+    from pyro_flowvae.tasks import TASKS
+
+    def choices(cls, name):
+        return next(f for f in fields(cls) if f.name == name).metadata["choices"]
+
+    assert set(choices(DataConfig, "name")) == set(TASKS)
+    assert choices(TrainConfig, "optimizer") == tuple(OPTIMIZERS)
+    assert choices(TrainConfig, "lr_schedule") == LR_SCHEDULES
+    assert {TASKS[name].name for name in TASKS} == {"image", "sequence"}

@@ -16,9 +16,9 @@ from pyro_flowvae.config import load_config
 from pyro_flowvae.data.sequences import SequenceData, SequenceSplits
 from pyro_flowvae.errors import ConfigError, DataError
 from pyro_flowvae.gpvae import GPVAE, posterior_predictive_to_inference_data
-from pyro_flowvae.infer.trainer import Trainer
 from pyro_flowvae.metrics import masked_mse
 from pyro_flowvae.priors.gp import GPPrior
+from pyro_flowvae.runs import fit_model
 
 T, D, L = 16, 6, 2
 
@@ -63,7 +63,9 @@ def gp_config(**overrides):
 @pytest.mark.slow
 def test_training_on_gp_data_lowers_the_loss_and_imputes_better_than_the_mean():
     data = synthetic_gp_splits()
-    result = Trainer(gp_config(), data).fit()
+    # lr 5e-3: at 1e-2 the unbounded coupling of the banded guide spikes in epoch 2 for some seeds (a -2e6 ELBO
+    # at train.seed 0 with global clipping) and the run settles in a poor optimum; issue 12 bounds the coupling
+    result = fit_model(gp_config(**{"train.lr": 5e-3}), data)
     elbos = [r["train_elbo"] for r in result.history]
     assert elbos[-1] > elbos[0] + 10  # nats per sequence
     vae = result.vae.eval()
@@ -129,7 +131,7 @@ def test_flows_on_top_of_the_banded_guide_train(flow):
     # lr 1e-3: at 1e-2 the unbounded banded coupling diverges for some epochs on this stiff prior (see issue note)
     data = synthetic_gp_splits(n=80)
     config = gp_config(**{"guide.flow": flow, "guide.num_flows": 2, "train.epochs": 6, "train.lr": 1e-3})
-    result = Trainer(config, data).fit()
+    result = fit_model(config, data)
     elbos = [r["train_elbo"] for r in result.history]
     assert all(math.isfinite(e) for e in elbos) and elbos[-1] > elbos[0] + 5, elbos
 
@@ -139,7 +141,7 @@ def test_bad_gp_configs_name_the_fix():
         gp_config(**{"gp.kernel": "gaussian_rbf"})
     with pytest.raises(ConfigError, match="needs sequence data"):
         load_config(None, {"model.prior": "gp"})
-    with pytest.raises(ConfigError, match="needs sequence data"):
+    with pytest.raises(ConfigError, match=r"guide.covariance = 'banded' does not apply to data.name = 'mnist'"):
         load_config(None, {"guide.covariance": "banded"})
     with pytest.raises(ConfigError, match=r"data.options.windw.*did you mean data.options.window"):
         gp_config(**{"data.options": {"windw": 12}})
@@ -226,7 +228,7 @@ def test_nan_in_sequence_data_is_refused():
     data.train.x[0, 0, 0] = float("nan")
     data.train.mask[0, 0, 0] = 1.0  # an observed entry
     with pytest.raises(DataError, match="mark missing entries"):
-        Trainer(gp_config(), data)
+        fit_model(gp_config(), data)
 
 
 def test_compare_swaps_the_flow_on_top_of_the_gp_vae_guide(tmp_path, capsys):
@@ -238,5 +240,5 @@ def test_compare_swaps_the_flow_on_top_of_the_gp_vae_guide(tmp_path, capsys):
     assert code == 0
     rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())["rows"]
     assert [r["guide"] for r in rows] == ["mean_field", "planar"]
-    assert all(math.isfinite(r["rmse"]) and r["active_units"] is None for r in rows)
+    assert all(math.isfinite(r["rmse"]) and "active_units" not in r for r in rows)  # an image figure
     assert "| rmse |" in capsys.readouterr().out

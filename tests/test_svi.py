@@ -1,15 +1,18 @@
-"""The SVI pieces: the device-side Trace_ELBO equals Pyro's, value and gradient; the step stays on device."""
+"""The SVI pieces: the device-side Trace_ELBO equals Pyro's; the training step is a plain torch step on device."""
 
 from __future__ import annotations
 
 import pyro
 import pyro.distributions as dist
+import pyro.optim
 import pytest
 import torch
 from pyro.infer import Trace_ELBO
 
 from pyro_flowvae.config import TrainConfig, load_config
-from pyro_flowvae.infer.svi import DeviceSVI, DeviceTrace_ELBO, build_elbo, build_optimizer
+from pyro_flowvae.infer.optim import build_optimizer
+from pyro_flowvae.infer.svi import AnnealedELBO, DeviceTrace_ELBO, build_elbo
+from pyro_flowvae.infer.trainer import training_step
 from pyro_flowvae.vae import FlowVAE
 
 
@@ -57,34 +60,106 @@ def test_device_trace_elbo_keeps_score_function_terms():
     assert torch.allclose(ours[1][0], pyros[1][0]) and ours[1][0].abs().sum() > 0
 
 
-def test_device_svi_step_returns_a_tensor_and_updates_parameters():
-    config = load_config(None, ["model.latent_dim=2", "model.hidden=[8]"])
-    vae = FlowVAE.from_config(config, 6)
-    before = [p.detach().clone() for p in vae.parameters()]
-    svi = DeviceSVI(vae.model, vae.guide, build_optimizer(config.train), build_elbo(config.train))
-    loss = svi.step((torch.rand(4, 6) < 0.5).float())
-    assert isinstance(loss, torch.Tensor) and not loss.requires_grad
-    assert all(not torch.equal(a, b) for a, b in zip(before, vae.parameters()))
-    assert all(p.grad is None for p in vae.parameters())  # grads released after the step
+def _vae(flow: str = "mean_field", seed: int = 1) -> FlowVAE:
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    config = load_config(None, [f"guide.flow={flow}", "guide.num_flows=1", "model.latent_dim=2", "model.hidden=[8]"])
+    return FlowVAE.from_config(config, 6)
 
 
 @pytest.mark.parametrize("flow", ["mean_field", "iaf"])
-def test_device_svi_steps_match_pyro_svi_bitwise(flow):
-    """Releasing the grads (p.grad = None) instead of Pyro's zero_grads changes no value: 0 + g = g exactly."""
-    from pyro.infer import SVI
-
-    config = load_config(None, [f"guide.flow={flow}", "guide.num_flows=1", "model.latent_dim=2", "model.hidden=[8]"])
+def test_training_step_equals_a_hand_written_torch_loop_bitwise(flow):
+    """AnnealedELBO + training_step is Pyro's differentiable loss, backward, clip_grad_norm_ and Adam: nothing else."""
     x = (torch.rand(5, 4, 6) < 0.5).float()
-    finals = []
-    for cls in (DeviceSVI, SVI):
-        pyro.clear_param_store()
-        pyro.set_rng_seed(1)
-        vae = FlowVAE.from_config(config, 6)
-        svi = cls(vae.model, vae.guide, build_optimizer(config.train), build_elbo(config.train))
-        for batch in x:
-            svi.step(batch)
-        finals.append([p.detach().clone() for p in vae.parameters()])
-    assert all(torch.equal(a, b) for a, b in zip(*finals))
+    train = TrainConfig(clip_norm=0.5)  # small: the clipping is active
+    ours = _vae(flow)
+    params = list(ours.parameters())
+    loss, optimizer = AnnealedELBO(ours.model, ours.guide, build_elbo(train)), build_optimizer(params, train)
+    theirs = _vae(flow)
+    their_params = list(theirs.parameters())
+    their_optimizer = torch.optim.Adam(their_params, lr=train.lr)
+    for step, batch in enumerate(x):
+        pyro.set_rng_seed(step)
+        value = training_step(loss, optimizer, params, (batch,), train.clip_norm)
+        assert isinstance(value, torch.Tensor) and not value.requires_grad
+        assert all(p.grad is None for p in params)  # gradients released
+        pyro.set_rng_seed(step)
+        their_value = DeviceTrace_ELBO().differentiable_loss(theirs.model, theirs.guide, batch)
+        their_value.backward()
+        torch.nn.utils.clip_grad_norm_(their_params, train.clip_norm)
+        their_optimizer.step()
+        their_optimizer.zero_grad()
+        assert torch.equal(value, their_value.detach())
+    assert all(torch.equal(a, b) for a, b in zip(params, their_params))
+
+
+def test_pyro_optim_in_a_plain_svi_loop_takes_the_same_steps_as_the_trainer_step():
+    """Users who write their own svi.step loop with pyro.optim.Adam train the same parameters the same way
+    (no clipping: pyro.optim clips per parameter, the trainer globally)."""
+    from pyro.infer import SVI, Trace_ELBO
+
+    x = (torch.rand(5, 4, 6) < 0.5).float()
+    ours = _vae("iaf")
+    params = list(ours.parameters())
+    train = TrainConfig(clip_norm=None)
+    loss, optimizer = AnnealedELBO(ours.model, ours.guide, build_elbo(train)), build_optimizer(params, train)
+    for step, batch in enumerate(x):
+        pyro.set_rng_seed(step)
+        training_step(loss, optimizer, params, (batch,), None)
+    theirs = _vae("iaf")
+    svi = SVI(theirs.model, theirs.guide, pyro.optim.Adam({"lr": train.lr}), Trace_ELBO())
+    for step, batch in enumerate(x):
+        pyro.set_rng_seed(step)
+        svi.step(batch)
+    assert all(torch.equal(a, b) for a, b in zip(params, theirs.parameters()))
+
+
+def test_training_step_clips_the_global_gradient_norm():
+    """With SGD at lr 1 the update is minus the clipped gradient: its global norm is clip_norm and its direction
+    that of the raw gradient (clipping each parameter separately would give every parameter the norm clip_norm)."""
+    vae = _vae("planar")
+    params = list(vae.parameters())
+    loss = AnnealedELBO(vae.model, vae.guide, build_elbo(TrainConfig()))
+    x = (torch.rand(8, 6) < 0.5).float()
+    pyro.set_rng_seed(3)
+    raw = torch.autograd.grad(loss(x), params)
+    before = [p.detach().clone() for p in params]
+    pyro.set_rng_seed(3)
+    training_step(loss, torch.optim.SGD(params, lr=1.0), params, (x,), clip_norm=0.1)
+    update = torch.cat([(b - p.detach()).flatten() for b, p in zip(before, params)])
+    flat_raw = torch.cat([g.flatten() for g in raw])
+    assert flat_raw.norm() > 1.0  # so the clipping acts
+    assert update.norm() == pytest.approx(0.1, rel=1e-4)
+    assert torch.allclose(update / update.norm(), flat_raw / flat_raw.norm(), atol=1e-5)
+
+
+def test_annealed_elbo_weights_only_the_latent_terms():
+    """-L_beta = -(log p(x|z) + beta [log p(z) - log q(z|x)]) is linear in beta at fixed noise, and the warm-up ELBO
+    scores the steps with beta < 1."""
+    vae = _vae("iaf")
+    x = (torch.rand(8, 6) < 0.5).float()
+    loss = AnnealedELBO(vae.model, vae.guide, build_elbo(TrainConfig()))
+    values = {}
+    for beta in (0.25, 0.5, 1.0):
+        loss.kl_weight = beta
+        pyro.set_rng_seed(5)
+        values[beta] = float(loss(x).detach())
+    assert values[0.5] - values[0.25] == pytest.approx((values[1.0] - values[0.5]) / 2, rel=1e-5)
+    assert values[1.0] != pytest.approx(values[0.5])
+    calls = []
+
+    class Recording(DeviceTrace_ELBO):
+        def differentiable_loss(self, *args, **kwargs):
+            calls.append(self)
+            return super().differentiable_loss(*args, **kwargs)
+
+    warm, main = Recording(), Recording()
+    switching = AnnealedELBO(vae.model, vae.guide, main, warmup_elbo=warm)
+    switching.kl_weight = 0.5
+    switching(x)
+    switching.kl_weight = 1.0
+    switching(x)
+    assert calls == [warm, main]
 
 
 @pytest.mark.parametrize(("name", "cls"), [("trace", "DeviceTrace_ELBO"), ("mean_field", "TraceMeanField_ELBO")])
@@ -101,15 +176,21 @@ def test_training_steps_never_synchronise_with_the_host_on_cuda(flow):
     config = load_config(None, [f"guide.flow={flow}", "guide.num_flows=2", "model.latent_dim=4", "model.hidden=[32]"])
     vae = FlowVAE.from_config(config, 20).cuda()
     x = torch.rand(256, 20, device="cuda")
-    svi = DeviceSVI(vae.model, vae.guide, build_optimizer(config.train), build_elbo(config.train))
+    params = list(vae.parameters())
+    loss = AnnealedELBO(vae.model, vae.guide, build_elbo(config.train))
+    optimizer = build_optimizer(params, config.train)
+
+    def step(batch):
+        return training_step(loss, optimizer, params, (batch,), config.train.clip_norm)
+
     generator = torch.Generator(device="cuda").manual_seed(0)
     with pyro.validation_enabled(False):
-        svi.step(torch.bernoulli(x[:32]))  # first step: optimizer state is created
+        step(torch.bernoulli(x[:32]))  # first step: optimizer state is created
         losses = []
         torch.cuda.set_sync_debug_mode("error")
         try:
             for batch in iterate_minibatches(x, 32, generator=generator, dynamic_binarize=True):
-                losses.append(svi.step(batch))
+                losses.append(step(batch))
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(torch.stack(losses)).all()

@@ -19,9 +19,12 @@ def states_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("flow", ["mean_field", "iaf"])
-def test_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_npz, flow):
-    config = tiny_config(tiny_npz, {"guide.flow": flow, "train.epochs": 3, "train.kl_warmup_epochs": 1.5})
+@pytest.mark.parametrize(
+    ("flow", "extra"),
+    [("mean_field", {}), ("iaf", {"train.optimizer": "adamax", "train.lr_schedule": "cosine", "train.lr": 5e-3})],
+)
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_npz, flow, extra):
+    config = tiny_config(tiny_npz, {"guide.flow": flow, "train.epochs": 3, "train.kl_warmup_epochs": 1.5, **extra})
     straight = runs.train(config, tmp_path / "straight")
     first = runs.train(runs.as_config(config, ["train.epochs=1"]), tmp_path / "resumed")
     assert len(first.history) == 1
@@ -29,7 +32,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_npz, flow):
     assert [r["valid_elbo"] for r in resumed.history] == [r["valid_elbo"] for r in straight.history]
     last = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
     assert states_equal(last["vae"], load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["vae"])
-    assert last["epoch"] == 3 and len((tmp_path / "resumed" / "log.jsonl").read_text().splitlines()) == 3
+    assert last["run_state"]["epoch"] == 3 and len((tmp_path / "resumed" / "log.jsonl").read_text().splitlines()) == 3
     again = runs.train(config, tmp_path / "resumed", resume=True)  # nothing left to train: re-scores only
     assert again.metrics["epochs"] == 3 and math.isfinite(again.metrics["train_examples_per_s"])
     assert again.metrics["test_elbo"] == pytest.approx(resumed.metrics["test_elbo"], abs=1.0)
@@ -69,7 +72,7 @@ def test_nan_loss_mid_training_stops_with_epoch_and_step_and_keeps_the_checkpoin
     with pytest.raises(TrainingDivergedError, match=r"loss became nan at epoch 2, step 3 .*checkpoint\.pt, is intact"):
         runs.train(config, tmp_path / "run")
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
-    assert state["epoch"] == 1
+    assert state["run_state"]["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["vae"].values())
 
 
@@ -122,7 +125,8 @@ def test_every_elbo_trains_through_the_trainer_with_warm_up(tmp_path, tiny_npz, 
 def test_returned_weights_follow_restore_best_with_or_without_a_run_directory(tmp_path, tiny_npz, restore_best):
     """With a run directory or without, the run returns the best-validation weights (restore_best) or the
     last epoch's; the two ways of running agree."""
-    config = tiny_config(tiny_npz, {"train.epochs": 4, "train.lr": 0.2, "train.restore_best": restore_best})
+    overrides = {"train.epochs": 4, "train.lr": 0.5, "train.clip_norm": None, "train.restore_best": restore_best}
+    config = tiny_config(tiny_npz, overrides)
     with_dir = runs.train(config, tmp_path / "run")
     assert with_dir.metrics["best_epoch"] < 4  # so best and last differ, and the test can tell them apart
     pyro.clear_param_store()
@@ -132,3 +136,59 @@ def test_returned_weights_follow_restore_best_with_or_without_a_run_directory(tm
     kept = torch.load(tmp_path / "run" / ("best.pt" if restore_best else "checkpoint.pt"), weights_only=False)["vae"]
     for key, value in with_dir.vae.state_dict().items():
         assert torch.equal(value, kept[key]), key
+
+
+def test_a_gpvae_run_resumes_bit_for_bit(tmp_path):
+    """The sequence task goes through the same loop: one epoch, then --resume, equals three straight epochs."""
+    config = {
+        "data": {"name": "airline", "options": {"window": 24, "horizon": 6, "stride": 3}},
+        "model": {"latent_dim": 2, "hidden": [8], "likelihood": "gaussian", "prior": "gp"},
+        "gp": {"kernel": "periodic + linear", "lengthscale": [0.6], "jitter": 0.05},
+        "guide": {"covariance": "banded", "flow": "planar", "num_flows": 1},
+        "train": {"epochs": 3, "batch_size": 16, "lr": 3e-3, "progress": False, "kl_warmup_epochs": 1.0},
+        "eval": {"iw_samples": 4, "impute_samples": 8},
+    }
+    straight = runs.train(config, tmp_path / "straight")
+    runs.train(runs.as_config(config, ["train.epochs=1"]), tmp_path / "resumed")
+    resumed = runs.train(config, tmp_path / "resumed", resume=True)
+    assert [r["train_elbo"] for r in resumed.history] == [r["train_elbo"] for r in straight.history]
+    assert states_equal(
+        load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["vae"],
+        load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["vae"],
+    )
+    assert straight.metrics["rmse"] == resumed.metrics["rmse"]  # the evaluation is seeded too
+
+
+def test_learning_rate_schedules_follow_the_config(tiny_npz):
+    step = runs.train(
+        tiny_config(
+            tiny_npz, {"train.epochs": 3, "train.lr_schedule": "step", "train.lr_step_epochs": 1, "train.lr_gamma": 0.5}
+        )
+    )
+    assert [r["lr"] for r in step.history] == pytest.approx([1e-2, 5e-3, 2.5e-3])
+    cosine = runs.train(tiny_config(tiny_npz, {"train.epochs": 4, "train.lr_schedule": "cosine", "train.lr_min": 1e-3}))
+    expected = [1e-3 + (1e-2 - 1e-3) * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]
+    assert [r["lr"] for r in cosine.history] == pytest.approx(expected)
+    constant = runs.train(tiny_config(tiny_npz, {"train.epochs": 2, "train.optimizer": "adamax"}))
+    assert [r["lr"] for r in constant.history] == [1e-2, 1e-2]
+
+
+def test_a_checkpoint_of_the_old_format_is_refused_with_what_to_do(tmp_path, tiny_npz):
+    config = tiny_config(tiny_npz, {"train.epochs": 1})
+    runs.train(config, tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    state["format_version"] = 1
+    torch.save(state, tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=r"checkpoint format 1, this pyro-flowvae reads format 2.*train it again"):
+        runs.train(runs.as_config(config, ["train.epochs=2"]), tmp_path / "run", resume=True)
+
+
+def test_resuming_on_data_of_another_width_names_the_difference(tmp_path):
+    from tests.conftest import make_binary_npz
+
+    npz = make_binary_npz(tmp_path / "data.npz", dim=12)
+    config = tiny_config(npz, {"train.epochs": 1})
+    runs.train(config, tmp_path / "run")
+    make_binary_npz(npz, dim=10)  # the file at data.path changed under the run
+    with pytest.raises(CheckpointError, match=r"another shape:\n  data_dim: checkpoint has 12, the data have 10"):
+        runs.train(runs.as_config(config, ["train.epochs=2"]), tmp_path / "run", resume=True)

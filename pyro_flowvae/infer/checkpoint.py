@@ -13,7 +13,8 @@ from pyro_flowvae.errors import CheckpointError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "RESUMABLE_KEYS", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+#: 2: torch.optim optimizer state, a RunState, no RNG state (the noise is seeded per step); 1: pyro.optim state
+FORMAT_VERSION = 2
 
 #: keys that may change between a run and its resumption (they do not change the model or its training path)
 RESUMABLE_KEYS = (
@@ -37,9 +38,12 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda handle: torch.save({"format_version": FORMAT_VERSION, **state}, handle), binary=True)
 
 
-def load_checkpoint(path: str | Path, config: Config | None = None, map_location: Any = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, config: Config | None = None, map_location: Any = "cpu", meta: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Read a checkpoint; when ``config`` is given, refuse one written with a config that differs in any key
-    outside :data:`RESUMABLE_KEYS`, naming each differing key."""
+    outside :data:`RESUMABLE_KEYS`, naming each differing key; when ``meta`` is given (the data's dimension and
+    shape), refuse one written for data of another shape."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}; train first (pyro-flowvae train CONFIG --out RUN_DIR)")
@@ -47,8 +51,15 @@ def load_checkpoint(path: str | Path, config: Config | None = None, map_location
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         raise CheckpointError(f"cannot read checkpoint {path}: {error}") from None
-    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path} is not a pyro-flowvae checkpoint of format {FORMAT_VERSION}")
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise CheckpointError(f"{path} is not a pyro-flowvae checkpoint")
+    if state["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {state['format_version']}, this pyro-flowvae reads format "
+            f"{FORMAT_VERSION} (format 2 moved training to torch.optim, whose optimizer state format 1 lacks); "
+            "its weights cannot be resumed or scored here: train it again into a new run directory, or use the "
+            "pyro-flowvae version that wrote it"
+        )
     if config is not None:
         diff = {k: v for k, v in config_diff(state["config"], config).items() if k not in RESUMABLE_KEYS}
         if diff:
@@ -56,5 +67,13 @@ def load_checkpoint(path: str | Path, config: Config | None = None, map_location
             raise CheckpointError(
                 f"checkpoint {path} was written with a different config:\n{lines}\n"
                 "resume with the run's own config (RUN_DIR/config.toml) or start a new run directory"
+            )
+    if meta is not None:
+        differs = {k: (state.get(k), v) for k, v in meta.items() if state.get(k) != v}
+        if differs:
+            lines = "\n".join(f"  {k}: checkpoint has {a!r}, the data have {b!r}" for k, (a, b) in differs.items())
+            raise CheckpointError(
+                f"checkpoint {path} was trained on data of another shape:\n{lines}\n"
+                "resume with the data the run was trained on, or start a new run directory"
             )
     return state

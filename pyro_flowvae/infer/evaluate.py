@@ -8,18 +8,35 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pyro_flowvae.config import EvalConfig
-from pyro_flowvae.infer.importance import ImportanceEstimate, estimate_log_likelihood
-from pyro_flowvae.vae import FlowVAE
+from pyro_flowvae.infer.importance import ImportanceEstimate, estimate_log_likelihood, log_importance_weights
 
-__all__ = ["evaluate", "importance_figures", "latent_statistics", "spread_subset"]
+__all__ = ["evaluate", "importance_figures", "latent_statistics", "spread_subset", "batch_args", "elbo_per_datapoint"]
+
+
+def batch_args(batch: Any) -> tuple[Any, ...]:
+    """The arguments model and guide take for a minibatch: ``(x,)`` for a tensor of images, ``batch.args()``
+    (``(x, mask, times)``) for :class:`~pyro_flowvae.data.sequences.SequenceData`."""
+    return (batch,) if isinstance(batch, Tensor) else tuple(batch.args())
+
+
+@torch.no_grad()
+def elbo_per_datapoint(vae: nn.Module, x: Any, num_samples: int = 1, batch_size: int = 1000) -> Tensor:
+    """The ELBO of each row of x (a tensor or sequence data), averaged over ``num_samples`` draws of
+    z ~ q(z|x); shape (N,)."""
+    parts = []
+    for start in range(0, x.shape[0], batch_size):
+        chunk = batch_args(x[start : start + batch_size])
+        log_w = log_importance_weights(vae.model, vae.guide, *chunk, num_samples=num_samples)
+        parts.append(log_w.mean(0))
+    return torch.cat(parts)
 
 
 @torch.no_grad()
 def latent_statistics(
-    vae: FlowVAE, x: Tensor, num_samples: int = 64, batch_size: int = 500, threshold: float = 0.01
+    vae: nn.Module, x: Tensor, num_samples: int = 64, batch_size: int = 500, threshold: float = 0.01
 ) -> dict[str, Any]:
     r"""KL per latent dimension and the number of active units.
 
@@ -64,7 +81,7 @@ def spread_subset(n: int, limit: int | None) -> Tensor:
     return torch.arange(limit) * n // limit
 
 
-def evaluate(vae: FlowVAE, x: Tensor, config: EvalConfig, progress: bool = False) -> dict[str, Any]:
+def evaluate(vae: nn.Module, x: Tensor, config: EvalConfig, progress: bool = False) -> dict[str, Any]:
     """Score the rows of x (nats per datapoint): the ELBO and log p(x) from the same K importance samples
     (the ELBO is their mean log weight, log p(x) the log of their mean weight), with standard errors and
     the share of datapoints whose importance weights have Pareto k > 0.7 (an unreliable log p(x))."""

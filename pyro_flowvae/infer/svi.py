@@ -1,21 +1,20 @@
-"""The SVI pieces a config chooses: the ELBO, the optimizer, and a step that leaves the loss on the device."""
+"""The ELBO a config chooses, computed on the device, and the training loss module built from it."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import pyro
-import pyro.optim
-from pyro import poutine
-from pyro.infer import ELBO, SVI, JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO, JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.elbo import ELBOModule
 from pyro.infer.trace_elbo import _compute_log_r
 from pyro.infer.util import is_identically_zero
 from pyro.poutine.trace_struct import Trace
-from torch import Tensor
+from torch import Tensor, nn
 
 from pyro_flowvae.config import TrainConfig
+from pyro_flowvae.infer.annealing import ScaleLatents
 
-__all__ = ["build_elbo", "build_optimizer", "DeviceSVI", "DeviceTrace_ELBO", "release_grads"]
+__all__ = ["build_elbo", "DeviceTrace_ELBO", "AnnealedELBO"]
 
 
 class DeviceTrace_ELBO(Trace_ELBO):
@@ -29,7 +28,7 @@ class DeviceTrace_ELBO(Trace_ELBO):
               - \sum_{\text{guide sites}} \log q\Big]
 
     (value from the log-densities, gradient from Pyro's surrogate, score-function terms included), with
-    tensors only. The training loop reads losses in bulk and checks them for NaN itself.
+    tensors only. The training loop reads losses in bulk and checks them for NaN and infinity itself.
     """
 
     def differentiable_loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> Tensor:
@@ -83,43 +82,32 @@ def build_elbo(train: TrainConfig, name: str | None = None, max_plate_nesting: i
     return cls(**kwargs)
 
 
-def build_optimizer(train: TrainConfig) -> pyro.optim.PyroOptim:
-    """Adam with per-parameter gradient-norm clipping, or Pyro's ClippedAdam."""
-    if train.optimizer == "clipped_adam":
-        args: dict[str, Any] = {"lr": train.lr}
-        if train.clip_norm is not None:
-            args["clip_norm"] = train.clip_norm
-        return pyro.optim.ClippedAdam(args)
-    clip = {"clip_norm": train.clip_norm} if train.clip_norm is not None else None
-    return pyro.optim.Adam({"lr": train.lr}, clip_args=clip)
+class AnnealedELBO(ELBOModule):
+    r"""Pyro's ELBO as a module (``elbo(model, guide)``, :class:`pyro.infer.elbo.ELBOModule`) whose latent sites
+    are weighted by the KL weight :math:`\beta` (:class:`~pyro_flowvae.infer.annealing.ScaleLatents`):
 
+    .. math:: -\hat{\mathcal{L}}_\beta = -\sum_b \Big(\log p(x_b \mid z_b)
+              + \beta \big[\log p(z_b) - \log q(z_b \mid x_b)\big]\Big).
 
-def release_grads(params: Any) -> None:
-    """Drop the gradients after an optimizer step (``p.grad = None``), where Pyro's ``zero_grads`` allocates a
-    zero tensor per parameter: the next backward writes fresh gradients, so the values are the same (0 + g = g
-    exactly) at one allocation and one fill less per parameter and step, as ``torch.optim``'s
-    ``zero_grad(set_to_none=True)`` does."""
-    for p in params:
-        p.grad = None
-
-
-class DeviceSVI(SVI):
-    """:class:`pyro.infer.SVI` whose :meth:`step` returns the loss as a detached tensor.
-
-    ``SVI.step`` returns a Python float, which costs a device-to-host synchronisation every step on CUDA.
-    This step does the same work (differentiable loss, backward, optimizer on the params seen in the
-    trace, release the grads) and leaves the loss on the device, so the training loop can read losses in bulk.
+    Its parameters are the model's and the guide's, so ``torch.optim`` and
+    :class:`~torch.nn.parallel.DistributedDataParallel` take it as it is. ``warmup_elbo`` (default ``elbo``)
+    scores the steps with :math:`\beta < 1`: ``JitTrace_ELBO`` would bake a changing weight into its trace.
     """
 
-    def __init__(self, model: Any, guide: Any, optim: pyro.optim.PyroOptim, loss: ELBO) -> None:
-        super().__init__(model, guide, optim, loss)
-        self.elbo = loss
+    def __init__(self, model: nn.Module, guide: nn.Module, elbo: ELBO, warmup_elbo: ELBO | None = None) -> None:
+        super().__init__(model, guide, elbo)
+        self.warmup_elbo = warmup_elbo if warmup_elbo is not None else elbo
+        self.annealer = ScaleLatents(1.0)
 
-    def step(self, *args: Any, **kwargs: Any) -> Tensor:  # type: ignore[override]
-        with poutine.trace(param_only=True) as param_capture:
-            loss = self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
-        loss.backward()
-        params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
-        self.optim(params)
-        release_grads(params)
-        return loss.detach()
+    @property
+    def kl_weight(self) -> float:
+        return self.annealer.scale
+
+    @kl_weight.setter
+    def kl_weight(self, value: float) -> None:
+        self.annealer.scale = value
+
+    def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        elbo = self.elbo if self.annealer.scale == 1.0 else self.warmup_elbo
+        with self.annealer:
+            return elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)

@@ -1,78 +1,71 @@
-"""The training loop: SVI over minibatches with KL warm-up, validation, early stopping and checkpoints."""
+"""The training loop: one for every model and guide, for one process and for a torchrun job.
+
+Each step is Pyro's ELBO as a module (:class:`~pyro_flowvae.infer.svi.AnnealedELBO`) on a minibatch, its
+backward pass, :func:`torch.nn.utils.clip_grad_norm_` and a ``torch.optim`` step; with a process group the loss
+module is wrapped in :class:`~torch.nn.parallel.DistributedDataParallel`, without one every collective is a no-op.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import random
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import pyro
 import torch
-from torch import nn
+import torch.distributed as dist
+from pyro import poutine
+from pyro.infer import JitTrace_ELBO
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from pyro_flowvae.atomic import atomic_write
 from pyro_flowvae.config import Config
-from pyro_flowvae.data import DataSplits, check_data, iterate_minibatches, num_minibatches
-from pyro_flowvae.errors import TrainingDivergedError
-from pyro_flowvae.infer.annealing import ScaleLatents, kl_weight
+from pyro_flowvae.errors import ConfigError, TrainingDivergedError
+from pyro_flowvae.infer.annealing import kl_weight
 from pyro_flowvae.infer.checkpoint import load_checkpoint, save_checkpoint
-from pyro_flowvae.infer.importance import log_importance_weights
-from pyro_flowvae.infer.svi import DeviceSVI, build_elbo, build_optimizer
-from pyro_flowvae.vae import build_vae
+from pyro_flowvae.infer.distributed import (
+    NO_BUFFER_SYNC,
+    DistInfo,
+    DistributedError,
+    all_reduce,
+    broadcast_object,
+    distributed_elbo,
+    first_line,
+    is_comm_failure,
+    on_main,
+    parameter_spread,
+    resolve_device,
+    shard_sampler,
+    step_seed,
+)
+from pyro_flowvae.infer.evaluate import batch_args
+from pyro_flowvae.infer.optim import build_optimizer, build_scheduler, load_scheduler_state, step_scheduler
+from pyro_flowvae.infer.svi import AnnealedELBO, build_elbo
 
-if TYPE_CHECKING:
-    from pyro_flowvae.data.sequences import SequenceSplits
-
-__all__ = [
-    "Trainer",
-    "TrainResult",
-    "resolve_device",
-    "elbo_per_datapoint",
-    "batch_args",
-    "epoch_record",
-    "write_run_files",
-]
+__all__ = ["Trainer", "TrainResult", "RunState", "epoch_record", "training_step", "CHECKPOINT", "BEST", "LOG"]
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 LOG = "log.jsonl"
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from pyro_flowvae.errors import ConfigError
+@dataclass
+class RunState:
+    """Where a run stands after an epoch: with the weights, optimizer and schedule, all ``checkpoint.pt`` holds."""
 
-        raise ConfigError("train.device = 'cuda' but CUDA is not available here; use train.device = 'auto'")
-    return torch.device(name)
-
-
-def batch_args(batch: Any) -> tuple[Any, ...]:
-    """The arguments model and guide take for a minibatch: ``(x,)`` for images, ``(x, mask, times)`` for
-    a :class:`~pyro_flowvae.data.sequences.SequenceData`."""
-    return tuple(batch.args()) if hasattr(batch, "args") else (batch,)
-
-
-@torch.no_grad()
-def elbo_per_datapoint(vae: nn.Module, x: Any, num_samples: int = 1, batch_size: int = 1000) -> torch.Tensor:
-    """The ELBO of each row of x (a tensor or sequence data), averaged over ``num_samples`` draws of
-    z ~ q(z|x); shape (N,)."""
-    parts = []
-    for start in range(0, x.shape[0], batch_size):
-        chunk = batch_args(x[start : start + batch_size])
-        log_w = log_importance_weights(vae.model, vae.guide, *chunk, num_samples=num_samples)
-        parts.append(log_w.mean(0))
-    return torch.cat(parts)
+    epoch: int = 0
+    global_step: int = 0
+    best_valid_elbo: float = -math.inf
+    best_epoch: int = 0
+    patience_left: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def epoch_record(
@@ -91,24 +84,32 @@ def epoch_record(
     }
 
 
-#: what best.pt keeps of a checkpoint
-BEST_KEYS = ("config", "data_dim", "seq_len", "image_shape", "epoch", "vae")
-
-
-def write_run_files(run_dir: Path, state: dict[str, Any], improved: bool) -> None:
-    """Atomically write ``checkpoint.pt`` (and ``best.pt`` when the validation ELBO ``improved``) and
-    ``log.jsonl`` from a checkpoint ``state``."""
-    if improved:
-        save_checkpoint(run_dir / BEST, {k: state[k] for k in BEST_KEYS if k in state})
-    save_checkpoint(run_dir / CHECKPOINT, state)
-    atomic_write(run_dir / LOG, lambda handle: handle.writelines(json.dumps(r) + "\n" for r in state["history"]))
+def training_step(
+    loss_module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    params: list[nn.Parameter],
+    args: tuple,
+    clip_norm: float | None,
+    loss_scale: int = 1,
+) -> Tensor:
+    """One optimisation step, as a plain PyTorch loop takes it: the loss (``loss_module(*args)``), its backward
+    pass (times ``loss_scale``: the number of DDP ranks, whose gradients DDP averages), the global gradient
+    norm clipped to ``clip_norm`` by :func:`torch.nn.utils.clip_grad_norm_`, the optimizer step, and the
+    gradients set to None. Returns the loss, detached, on the device: nothing here waits for the device."""
+    value = loss_module(*args)
+    (value * loss_scale if loss_scale != 1 else value).backward()
+    if clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, clip_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return value.detach()
 
 
 @dataclass
 class TrainResult:
     """What a finished (or early-stopped) run left behind."""
 
-    vae: nn.Module  # a FlowVAE, or a GPVAE for sequence data
+    vae: nn.Module
     history: list[dict[str, Any]]
     best_epoch: int
     best_valid_elbo: float
@@ -119,119 +120,164 @@ class TrainResult:
 
 
 class Trainer:
-    """Trains ``build_vae(config, ...)`` (a FlowVAE; a GPVAE for sequences) on ``data`` with :class:`pyro.infer.SVI`.
+    r"""Trains ``vae`` (any module with Pyro callables ``vae.model`` and ``vae.guide``) on ``train_data``.
 
-    Every epoch: SVI steps over shuffled minibatches (dynamically binarized when configured), the KL weight
-    rising linearly over ``train.kl_warmup_epochs``; then the validation ELBO, a line in ``log.jsonl``,
-    an atomic checkpoint (``checkpoint.pt``) and, when the validation ELBO improved, ``best.pt``.
-    Losses stay on the device and are read every ``train.log_every`` steps, when a NaN or infinite loss
-    stops the run with :class:`TrainingDivergedError` (the checkpoint of the last finished epoch is kept).
+    - **Step**: the ELBO of the minibatch as :class:`~pyro_flowvae.infer.svi.AnnealedELBO` (Pyro's
+      ``Trace_ELBO``, ``TraceMeanField_ELBO`` or ``JitTrace_ELBO`` per ``train.elbo``; the KL weight rising
+      linearly over ``train.kl_warmup_epochs``), backward, :func:`~torch.nn.utils.clip_grad_norm_` at
+      ``train.clip_norm`` over all parameters, ``train.optimizer`` from ``torch.optim``, gradients set to None.
+      Losses stay on the device and are read every ``train.log_every`` steps, when a NaN or infinite loss stops
+      the run with :class:`~pyro_flowvae.errors.TrainingDivergedError`.
+    - **Epoch**: a :func:`~pyro_flowvae.infer.distributed.shard_sampler` permutation of the training rows
+      (reshuffled by ``train.seed + epoch``), :math:`\lceil \lfloor N / W \rfloor / (B / W) \rceil` steps of the
+      global batch B over W processes (W = 1 without torchrun); then the validation ELBO
+      (:func:`~pyro_flowvae.infer.distributed.distributed_elbo`, the same for any W), the learning-rate schedule,
+      a line in ``log.jsonl``, an atomic ``checkpoint.pt`` and, when the validation ELBO improved, ``best.pt``.
+    - **Noise**: the latent draws (and dynamic binarization) of rank r at global step t are seeded by
+      :func:`~pyro_flowvae.infer.distributed.step_seed` ``(train.seed, r, t)``, so a resumed run draws exactly
+      what the uninterrupted one would have, with no RNG state to save.
+    - **Processes**: with a process group (``dist_info``), DDP all-reduces the gradients; each rank scales its
+      local loss by W so that every rank holds the gradient of the global batch's summed loss, the gradient a
+      single process computes on the same batch. Only rank 0 writes the run directory; ``on_epoch`` runs on
+      rank 0 only; a dead or stalled rank makes the others fail with
+      :class:`~pyro_flowvae.infer.distributed.DistributedError` within the process group's timeout.
+
+    ``meta`` (the data's dimension and shape) is stored in every checkpoint beside the config.
     """
 
     def __init__(
         self,
+        vae: nn.Module,
+        train_data: Any,
+        valid_data: Any,
         config: Config,
-        data: DataSplits | SequenceSplits,
         run_dir: str | Path | None = None,
+        dist_info: DistInfo | None = None,
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        dynamic_binarize: bool = False,
+        meta: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
-        self.device = resolve_device(config.train.device)
+        self.info = dist_info or DistInfo(device=resolve_device(config.train.device))
+        self.device = self.info.device
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.on_epoch = on_epoch
-        likelihood = config.model.likelihood
-        if config.is_sequence:
-            from pyro_flowvae.data.series import check_sequence_splits
-
-            check_sequence_splits(data, likelihood)
-        else:
-            dynamic = data.binarize == "dynamic"
-            check_data(data.train, likelihood=likelihood, split="train", binarize_dynamic=dynamic)
-            check_data(data.valid, likelihood=likelihood, data_dim=data.data_dim, split="valid")
-            check_data(data.test, likelihood=likelihood, data_dim=data.data_dim, split="test")
-        self.data = data.to(self.device)
+        self.dynamic_binarize = dynamic_binarize
+        self.meta = dict(meta or {})
+        world, batch = self.info.world_size, config.train.batch_size
+        if batch % world:
+            raise ConfigError(
+                f"train.batch_size = {batch} is the global batch and must split evenly over the {world} ranks; "
+                f"set it to a multiple of {world}, e.g. {-(-batch // world) * world}"
+            )
+        if train_data.shape[0] < world:
+            raise ConfigError(
+                f"the training split has {train_data.shape[0]} rows, fewer than the {world} ranks; "
+                "use more data or fewer processes (--nproc_per_node)"
+            )
+        self.local_batch_size = batch // world
+        self.vae = vae.to(self.device)
+        self.train_data = train_data.to(self.device)
+        self.valid_data = valid_data.to(self.device)
+        self._saved = False
+        self._where = {"phase": "start-up", "epoch": 0, "step": 0}
 
     # ------------------------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> TrainResult:
-        cfg, train = self.config, self.config.train
-        pyro.clear_param_store()  # pyro.module keeps stale parameters of an earlier model with the same names
-        pyro.set_rng_seed(train.seed)
-        vae = build_vae(cfg, self.data.data_dim, getattr(self.data, "seq_len", None)).to(self.device)
-        optim = build_optimizer(train)
-        annealer = ScaleLatents(1.0)
-        generator = torch.Generator(device=self.device).manual_seed(train.seed)
-        history: list[dict[str, Any]] = []
-        start_epoch, best_valid, best_epoch, global_step = 1, -math.inf, 0, 0
+        """Train (continuing from ``checkpoint.pt`` with ``resume``); returns, on every rank, the same
+        :class:`TrainResult`, whose module holds the best-validation weights (``train.restore_best``) or the
+        last epoch's."""
+        try:
+            return self._fit(resume)
+        except RuntimeError as error:
+            if self.info.distributed and is_comm_failure(error):
+                raise DistributedError(self._comm_message(error)) from error
+            raise
 
+    def _fit(self, resume: bool) -> TrainResult:
+        cfg, train, info, vae = self.config, self.config.train, self.info, self.vae
+        self._where["phase"] = "the initial check that ranks agree"
+        init_spread = parameter_spread(vae, info)
+        params = [p for p in vae.parameters() if p.requires_grad]
+        optimizer = build_optimizer(params, train)
+        scheduler = build_scheduler(optimizer, train)
+        state = RunState(patience_left=train.patience)
+        best_weights: dict[str, Tensor] | None = None
         if resume:
-            # On the CPU: load_state_dict copies weights to the device, the optimizer moves its moments to
-            # their parameters' device and keeps Adam's step counts on the CPU, and RNG states must be CPU bytes.
-            state = load_checkpoint(self._path(CHECKPOINT), cfg, map_location="cpu")
-            vae.load_state_dict(state["vae"])
-            optim.set_state(state["optim"])
-            history = state["history"]
-            start_epoch = state["epoch"] + 1
-            best_valid, best_epoch, global_step = (
-                state["best_valid_elbo"],
-                state["best_epoch"],
-                state["global_step"],
-            )
-            _set_rng_state(state["rng"], generator)
+            self._where["phase"] = "loading the checkpoint"
+            checkpoint, best_weights = self._load_for_resume()
+            vae.load_state_dict(checkpoint["vae"])
+            optimizer.load_state_dict(checkpoint["optim"])
+            if scheduler is not None:
+                load_scheduler_state(scheduler, checkpoint["scheduler"])
+            state = RunState(**checkpoint["run_state"])
+            if checkpoint["config"]["train"].get("patience") != train.patience:
+                state.patience_left = train.patience  # a new patience starts counting afresh
+            if best_weights is not None:
+                best_weights = {k: v.to(self.device) for k, v in best_weights.items()}
+            self._saved = True
 
-        steps_per_epoch = num_minibatches(self.data.train.shape[0], train.batch_size, drop_last=False)
+        sampler = shard_sampler(self.train_data.shape[0], info, train.seed)
+        b = self.local_batch_size
+        steps_per_epoch = -(-sampler.num_samples // b)
         warmup_steps = round(train.kl_warmup_epochs * steps_per_epoch)
-        dynamic = self.data.binarize == "dynamic"
-        # JitTrace_ELBO would bake the changing KL weight into its trace: warm up with Trace_ELBO instead
-        elbo_names = {train.elbo} | ({"trace"} if train.elbo == "jit" and warmup_steps else set())
-        svis = {
-            name: DeviceSVI(annealer(vae.model), annealer(vae.guide), optim, build_elbo(train, name))
-            for name in elbo_names
-        }
-        patience_left = train.patience
-        if resume and state["config"]["train"].get("patience") == train.patience:
-            patience_left = state["patience_left"]  # early stopping resumes where it was
+        elbo = build_elbo(train)
+        warmup_elbo = build_elbo(train, "trace") if isinstance(elbo, JitTrace_ELBO) and warmup_steps else None
+        loss = AnnealedELBO(vae.model, vae.guide, elbo, warmup_elbo)
+        module: nn.Module = loss
+        if info.distributed:
+            self._where["phase"] = "wrapping the model in DistributedDataParallel"
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            module = DistributedDataParallel(loss, device_ids=device_ids, **NO_BUFFER_SYNC)
+        binarizer = torch.Generator(device=self.device) if self.dynamic_binarize else None
+        self._check_params = True
         stopped_early = False
-        best_state: dict[str, torch.Tensor] | None = None
 
-        for epoch in range(start_epoch, train.epochs + 1):
+        for epoch in range(state.epoch + 1, train.epochs + 1):
             vae.train()
+            sampler.set_epoch(epoch)
+            shard = torch.as_tensor(list(sampler), dtype=torch.long, device=self.device)
             bar = tqdm(
                 total=steps_per_epoch,
                 desc=f"epoch {epoch}/{train.epochs}",
-                disable=None if train.progress else True,
+                disable=None if (train.progress and info.is_main) else True,
                 leave=False,
                 dynamic_ncols=True,
             )
-            pending: list[torch.Tensor] = []
+            pending: list[Tensor] = []
             pending_sizes: list[int] = []
             epoch_loss, epoch_seen, epoch_seconds = 0.0, 0, 0.0
             first_pending_step = 1
             tick = time.perf_counter()
-            batches = iterate_minibatches(
-                self.data.train, train.batch_size, generator=generator, dynamic_binarize=dynamic
-            )
-            # Support checks would sync with the device every step; NaN losses are reported below, with
+            # Support checks would sync with the device every step; non-finite losses are reported below, with
             # the epoch and step, instead of Pyro's warning.
             with pyro.validation_enabled(False), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
                 # JitTrace_ELBO rests on torch.jit.trace, which torch >= 2.9 flags as deprecated
                 warnings.filterwarnings("ignore", message=".*torch.jit.trace. is deprecated", category=FutureWarning)
-                for step, batch in enumerate(batches, start=1):
-                    beta = kl_weight(global_step, warmup_steps, train.kl_start)
-                    annealer.scale = beta
-                    svi = svis["trace"] if train.elbo == "jit" and beta < 1.0 else svis[train.elbo]
-                    pending.append(svi.step(*batch_args(batch)))
-                    pending_sizes.append(batch.shape[0])
-                    global_step += 1
+                for step in range(1, steps_per_epoch + 1):
+                    self._where.update(phase="a training step (gradient all-reduce)", epoch=epoch, step=step)
+                    batch = self.train_data.index_select(0, shard[(step - 1) * b : step * b])
+                    if binarizer is not None:
+                        binarizer.manual_seed(step_seed(train.seed, info.rank, state.global_step, "binarize"))
+                        batch = torch.bernoulli(batch, generator=binarizer)
+                    torch.manual_seed(step_seed(train.seed, info.rank, state.global_step, "latent"))
+                    beta = kl_weight(state.global_step, warmup_steps, train.kl_start)
+                    loss.kl_weight = beta
+                    pending.append(self._step(module, optimizer, params, batch_args(batch)))
+                    pending_sizes.append(batch.shape[0] * info.world_size)
+                    state.global_step += 1
                     if len(pending) < train.log_every and step < steps_per_epoch:
                         continue
-                    losses = torch.stack(pending).tolist()  # the one host sync per log interval
+                    self._where["phase"] = "summing the losses of the ranks"
+                    # one host sync (and one all-reduce) per log interval: the global batches' losses
+                    losses = all_reduce(torch.stack(pending), info).tolist()
                     epoch_seconds += time.perf_counter() - tick
-                    for offset, (loss, size) in enumerate(zip(losses, pending_sizes)):
-                        if not math.isfinite(loss):
+                    for offset, (value, size) in enumerate(zip(losses, pending_sizes)):
+                        if not math.isfinite(value):
                             bar.close()
-                            self._diverged(epoch, first_pending_step + offset, loss, beta)
-                        epoch_loss += loss
+                            self._diverged(epoch, first_pending_step + offset, value, beta)
+                        epoch_loss += value
                         epoch_seen += size
                     bar.update(len(losses))
                     bar.set_postfix(
@@ -243,44 +289,91 @@ class Trainer:
                     tick = time.perf_counter()
             bar.close()
 
+            self._where.update(phase="the validation ELBO", step=steps_per_epoch)
             vae.eval()
             with pyro.validation_enabled(False):
-                valid_elbo = float(elbo_per_datapoint(vae, self.data.valid, cfg.eval.valid_samples).mean())
-            improved = valid_elbo > best_valid
+                valid = distributed_elbo(vae, self.valid_data, cfg.eval.valid_samples, train.seed, info, epoch=epoch)
+            valid_elbo = float(valid.mean())
+            # the slowest rank sets the pace: every rank reports its time
+            seconds = float(all_reduce(torch.tensor([epoch_seconds], dtype=torch.float64), info, dist.ReduceOp.MAX))
+            self._where["phase"] = "the check that ranks agree"
+            spread = parameter_spread(vae, info)
+            improved = math.isfinite(valid_elbo) and valid_elbo > state.best_valid_elbo
             if improved:
-                best_valid, best_epoch = valid_elbo, epoch
-                if self.run_dir is None and train.restore_best:  # no best.pt to come back to: keep a copy
-                    best_state = {k: v.detach().clone() for k, v in vae.state_dict().items()}
-                patience_left = train.patience
-            elif patience_left is not None:
-                patience_left -= 1
-            record = epoch_record(epoch, global_step, epoch_loss, epoch_seen, epoch_seconds, valid_elbo, beta)
-            history.append(record)
-            self._save(
-                vae, optim, history, epoch, best_valid, best_epoch, global_step, generator, improved, patience_left
-            )
-            if self.on_epoch is not None:
+                state.best_valid_elbo, state.best_epoch = valid_elbo, epoch
+                state.patience_left = train.patience
+                if train.restore_best:
+                    best_weights = {k: v.detach().clone() for k, v in vae.state_dict().items()}
+            elif state.patience_left is not None:
+                state.patience_left -= 1
+            record = {
+                **epoch_record(epoch, state.global_step, epoch_loss, epoch_seen, seconds, valid_elbo, beta),
+                "lr": optimizer.param_groups[0]["lr"],
+                "world_size": info.world_size,
+                "param_spread": spread,
+            }
+            step_scheduler(scheduler, valid_elbo)
+            state.epoch = epoch
+            state.history.append(record)
+            if spread != 0.0 and info.is_main:
+                warnings.warn(
+                    f"after epoch {epoch} the ranks' weights differ by up to {spread:.3g}; DDP keeps them equal "
+                    "only if every rank runs the same code on the same kind of device",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            self._where["phase"] = "rank 0 writing the checkpoint"
+            self._save(state, optimizer, scheduler, improved)
+            if self.on_epoch is not None and info.is_main:
                 self.on_epoch(record)
-            if patience_left is not None and patience_left <= 0:
+            if state.patience_left is not None and state.patience_left <= 0:
                 stopped_early = True
                 break
 
-        if train.restore_best:  # else the last epoch's weights, as they are
-            if self.run_dir is not None and self._path(BEST).is_file():
-                best = torch.load(self._path(BEST), map_location=self.device, weights_only=False)["vae"]
-                vae.load_state_dict(best)
-            elif best_state is not None:
-                vae.load_state_dict(best_state)
+        if train.restore_best and best_weights is not None:
+            vae.load_state_dict(best_weights)
+        history = state.history
         return TrainResult(
             vae=vae,
             history=history,
-            best_epoch=best_epoch,
-            best_valid_elbo=best_valid,
+            best_epoch=state.best_epoch,
+            best_valid_elbo=state.best_valid_elbo,
             # over every epoch of the run, those before a resume included
             examples_per_s=sum(r["examples"] for r in history) / max(sum(r["seconds"] for r in history), 1e-9),
             stopped_early=stopped_early,
             device=str(self.device),
+            extra={
+                "world_size": info.world_size,
+                "rank": info.rank,
+                "backend": info.backend,
+                "local_batch_size": self.local_batch_size,
+                "init_param_spread": init_spread,
+            },
         )
+
+    def _step(
+        self, module: nn.Module, optimizer: torch.optim.Optimizer, params: list[nn.Parameter], args: tuple
+    ) -> Tensor:
+        """One SVI step on the local batch; the first also checks that the optimizer sees every Pyro parameter."""
+        clip, scale = self.config.train.clip_norm, self.info.world_size
+        if not self._check_params:
+            return training_step(module, optimizer, params, args, clip, scale)
+        with poutine.trace(param_only=True) as capture:
+            value = training_step(module, optimizer, params, args, clip, scale)
+        self._check_params_are_module_params(capture.trace, params)
+        self._check_params = False
+        return value
+
+    @staticmethod
+    def _check_params_are_module_params(trace: poutine.Trace, params: list[nn.Parameter]) -> None:
+        inside = {id(p) for p in params}
+        outside = sorted(n for n, site in trace.nodes.items() if id(site["value"].unconstrained()) not in inside)
+        if outside:
+            raise ConfigError(
+                f"the model or guide has Pyro parameters outside its nn.Modules ({', '.join(outside)}); the "
+                "trainer optimizes the modules' parameters, so these would never be trained. Make them "
+                "nn.Parameter attributes of a module (registered with pyro.module)"
+            )
 
     # ------------------------------------------------------------------------------------------------------
     def _path(self, name: str) -> Path:
@@ -288,64 +381,61 @@ class Trainer:
             raise ValueError("this trainer has no run directory")
         return self.run_dir / name
 
+    def _kept(self) -> str:
+        if self.run_dir is not None and self._saved:
+            return f"the checkpoint of the last finished epoch, {self._path(CHECKPOINT)}, is intact"
+        if self.run_dir is not None:
+            return "no epoch had finished, so there is no checkpoint"
+        return "there is no run directory, so nothing was saved"
+
     def _diverged(self, epoch: int, step: int, value: float, beta: float) -> None:
-        kept = (
-            f"the checkpoint of the last finished epoch, {self._path(CHECKPOINT)}, is intact"
-            if self.run_dir is not None and self._path(CHECKPOINT).is_file()
-            else "no epoch had finished, so there is no checkpoint"
-        )
+        ranks = f"; summed over the {self.info.world_size} ranks" if self.info.distributed else ""
         raise TrainingDivergedError(
-            f"the loss became {value} at epoch {epoch}, step {step} (KL weight {beta:.3g}); {kept}. "
+            f"the loss became {value} at epoch {epoch}, step {step} (KL weight {beta:.3g}{ranks}); {self._kept()}. "
             "Try a smaller train.lr, a train.clip_norm, a longer train.kl_warmup_epochs, or fewer flows"
         )
 
-    def _save(
-        self,
-        vae: nn.Module,
-        optim: pyro.optim.PyroOptim,
-        history: list[dict[str, Any]],
-        epoch: int,
-        best_valid: float,
-        best_epoch: int,
-        global_step: int,
-        generator: torch.Generator,
-        improved: bool,
-        patience_left: int | None,
-    ) -> None:
+    def _comm_message(self, error: BaseException) -> str:
+        w, info = self._where, self.info
+        at = f" at epoch {w['epoch']}, step {w['step']}" if w["epoch"] else ""
+        kept = self._kept()
+        return (
+            f"rank {info.rank} of {info.world_size} lost contact with the other ranks during {w['phase']}{at}: "
+            f"{first_line(error)}. Another rank has died (its own output says why) or has not answered within "
+            f"the process group's timeout, distributed.timeout_s = {info.timeout_s:g} s. {kept[0].upper()}{kept[1:]}; "
+            + ("restart the job with --resume" if self._saved else "restart the job")
+            + " once every rank can run"
+        )
+
+    def _load_for_resume(self) -> tuple[dict[str, Any], dict[str, Tensor] | None]:
+        """Rank 0 reads checkpoint.pt (checked against the config and the data) and best.pt and sends them to
+        every rank; an error on rank 0 is raised on every rank."""
+
+        def read() -> tuple[dict[str, Any], dict[str, Tensor] | None]:
+            state = load_checkpoint(self._path(CHECKPOINT), self.config, map_location="cpu", meta=self.meta)
+            best = self._path(BEST)
+            best_weights = load_checkpoint(best, map_location="cpu")["vae"] if best.is_file() else None
+            return state, best_weights
+
+        return broadcast_object(on_main(read, self.info), self.info)
+
+    def _save(self, state: RunState, optimizer: torch.optim.Optimizer, scheduler: Any, improved: bool) -> None:
         if self.run_dir is None:
             return
-        state = {
-            "config": self.config.to_dict(),
-            "data_dim": self.data.data_dim,
-            "seq_len": getattr(self.data, "seq_len", None),
-            "image_shape": getattr(self.data, "image_shape", None),
-            "epoch": epoch,
-            "global_step": global_step,
-            "best_valid_elbo": best_valid,
-            "best_epoch": best_epoch,
-            "patience_left": patience_left,
-            "history": history,
-            "vae": vae.state_dict(),
-            "optim": optim.get_state(),
-            "rng": _get_rng_state(generator),
+        self._saved = True
+        if not self.info.is_main:
+            return
+        common = {"config": self.config.to_dict(), **self.meta}
+        weights = self.vae.state_dict()
+        if improved:
+            save_checkpoint(self._path(BEST), {**common, "epoch": state.epoch, "vae": weights})
+        checkpoint = {
+            **common,
+            "run_state": asdict(state),
+            "vae": weights,
+            "optim": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "world_size": self.info.world_size,
         }
-        write_run_files(self.run_dir, state, improved)
-
-
-def _get_rng_state(generator: torch.Generator) -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-        "generator": generator.get_state(),
-    }
-
-
-def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    generator.set_state(state["generator"].cpu())
+        save_checkpoint(self._path(CHECKPOINT), checkpoint)
+        atomic_write(self._path(LOG), lambda handle: handle.writelines(json.dumps(r) + "\n" for r in state.history))

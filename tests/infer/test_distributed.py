@@ -1,4 +1,5 @@
-"""Data-parallel training with DDP: two gloo processes on this CPU against one process on the global batch.
+"""Data-parallel training with DDP: two gloo processes of the one training loop against one process stepping on
+the global batch, for an image VAE and for a GP-VAE.
 
 The two ranks are separate processes given torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
 MASTER_PORT), running :func:`worker` below; the reference runs in the test process. Each rank writes what it
@@ -16,19 +17,19 @@ import warnings
 from pathlib import Path
 
 import pyro
-import pyro.optim
 import pytest
 import torch
-from pyro import poutine
-from pyro.infer.util import zero_grads
 
 from pyro_flowvae import runs
-from pyro_flowvae.errors import CheckpointError, ConfigError, TrainingDivergedError
+from pyro_flowvae.errors import CheckpointError, ConfigError
 from pyro_flowvae.infer import distributed as D
+from pyro_flowvae.infer import trainer as T
 from pyro_flowvae.infer.annealing import ScaleLatents, kl_weight
 from pyro_flowvae.infer.checkpoint import load_checkpoint
+from pyro_flowvae.infer.evaluate import batch_args
 from pyro_flowvae.infer.importance import estimate_log_likelihood
-from pyro_flowvae.infer.svi import build_elbo, build_optimizer
+from pyro_flowvae.infer.optim import build_optimizer
+from pyro_flowvae.infer.svi import build_elbo
 from pyro_flowvae.nets import Decoder
 from pyro_flowvae.vae import FlowVAE
 from tests.conftest import make_binary_npz, tiny_config
@@ -39,9 +40,9 @@ SHORT_TIMEOUT_S = 4.0
 LAUNCH_TIMEOUT_S = 90
 
 
-def sgd(train):
+def sgd(params, train):
     """Plain SGD: its update is linear in the gradient, so a wrongly scaled all-reduce shows (Adam would hide it)."""
-    return pyro.optim.SGD({"lr": train.lr}, clip_args={"clip_norm": train.clip_norm})
+    return torch.optim.SGD(params, lr=train.lr)
 
 
 def configs(npz: Path) -> dict[str, dict]:
@@ -51,7 +52,29 @@ def configs(npz: Path) -> dict[str, dict]:
         "adam": tiny_config(npz, base),
         # JitTrace_ELBO after one epoch of warm-up on Trace_ELBO: DDP's hooks fire through torch.jit graphs too
         "jit": tiny_config(npz, {**base, "guide.flow": "planar", "train.elbo": "jit", "train.lr": 0.05}),
+        # a GP-VAE with a banded guide on the airline windows (x, mask, times batches), a cosine schedule
+        "gp": {
+            "data": {"name": "airline", "options": {"window": 24, "horizon": 6, "stride": 2}},
+            "model": {"latent_dim": 2, "hidden": [8], "likelihood": "gaussian", "prior": "gp"},
+            "gp": {"kernel": "periodic + linear", "lengthscale": [0.6], "jitter": 0.05},
+            "guide": {"covariance": "banded"},
+            "train": {
+                "epochs": 3,
+                "batch_size": 16,
+                "lr": 3e-3,
+                "lr_schedule": "cosine",
+                "log_every": 2,
+                "kl_warmup_epochs": 1.0,
+                "progress": False,
+                "device": "cpu",
+            },
+            "eval": {"iw_samples": 10, "impute_samples": 10},
+        },  # fmt: skip
     }
+
+
+def fit(config, data, run_dir=None, info=None, resume=False):
+    return runs.fit_model(runs.as_config(config), data, run_dir, info, resume=resume)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -68,6 +91,7 @@ def worker(scenario: str, out: str) -> None:
     npz = out_dir / "tiny.npz"
     cfg = {name: runs.as_config(c) for name, c in configs(npz).items()}
     data = runs.load_run_data(cfg["adam"])
+    gp_data = runs.load_run_data(cfg["gp"])
 
     def run_dir(name: str) -> Path:
         # rank 0 gets the run directory; rank 1 a read-only one of its own, which must stay empty
@@ -79,17 +103,20 @@ def worker(scenario: str, out: str) -> None:
 
     result: dict = {"rank": rank}
     if scenario == "train":
-        original = D.build_optimizer
-        D.build_optimizer = sgd
+        original = T.build_optimizer
+        T.build_optimizer = sgd
         try:
-            sgd_run = D.DistributedTrainer(cfg["sgd"], data, run_dir("sgd"), info).fit()
-            jit_run = D.DistributedTrainer(cfg["jit"], data, None, info).fit()
+            sgd_run = fit(cfg["sgd"], data, run_dir("sgd"), info)
+            jit_run = fit(cfg["jit"], data, None, info)
         finally:
-            D.build_optimizer = original
-        straight = D.DistributedTrainer(cfg["adam"], data, run_dir("straight"), info).fit()
+            T.build_optimizer = original
+        straight = fit(cfg["adam"], data, run_dir("straight"), info)
         part = cfg["adam"].with_overrides({"train.epochs": 1})
-        D.DistributedTrainer(part, data, run_dir("resumed"), info).fit()
-        resumed = D.DistributedTrainer(cfg["adam"], data, run_dir("resumed"), info).fit(resume=True)
+        fit(part, data, run_dir("resumed"), info)
+        resumed = fit(cfg["adam"], data, run_dir("resumed"), info, resume=True)
+        gp_straight = fit(cfg["gp"], gp_data, run_dir("gp"), info)
+        fit(cfg["gp"].with_overrides({"train.epochs": 1}), gp_data, run_dir("gp_resumed"), info)
+        gp_resumed = fit(cfg["gp"], gp_data, run_dir("gp_resumed"), info, resume=True)
         estimate = D.distributed_log_likelihood(
             straight.vae.model, straight.vae.guide, data.test, num_samples=30, sample_chunk=16, data_chunk=16,
             seed=7, dist_info=info,
@@ -100,7 +127,7 @@ def worker(scenario: str, out: str) -> None:
         )  # fmt: skip
         wrong = cfg["adam"].with_overrides({"guide.flow": "planar"})
         try:  # rank 0 reads the checkpoint and finds another config: every rank must stop with its message
-            D.DistributedTrainer(wrong, data, run_dir("straight"), info).fit(resume=True)
+            fit(wrong, data, run_dir("straight"), info, resume=True)
         except CheckpointError as error:
             result["resume_error"] = str(error)
 
@@ -128,6 +155,10 @@ def worker(scenario: str, out: str) -> None:
             jit_history=jit_run.history,
             jit_best=jit_run.vae.state_dict(),
             jit_best_epoch=jit_run.best_epoch,
+            gp_last=gp_straight.vae.state_dict(),
+            gp_history=gp_straight.history,
+            gp_resumed_last=gp_resumed.vae.state_dict(),
+            gp_resumed_history=gp_resumed.history,
         )
     else:  # rank 1 dies (or hangs) at global step 3, in the middle of epoch 1; rank 0 must not wait forever
 
@@ -138,10 +169,10 @@ def worker(scenario: str, out: str) -> None:
                 time.sleep(10 * LAUNCH_TIMEOUT_S)
             return kl_weight(step, *args)
 
-        D.kl_weight = failing_kl_weight
+        T.kl_weight = failing_kl_weight
         start = time.perf_counter()
         try:
-            D.DistributedTrainer(cfg["adam"], data, run_dir("failing"), info).fit()
+            fit(cfg["adam"], data, run_dir("failing"), info)
         except D.DistributedError as error:
             result.update(error=str(error), seconds=time.perf_counter() - start)
     torch.save(result, out_dir / f"rank{rank}.pt")
@@ -214,17 +245,19 @@ def reference_run(config, data, make_optim, epochs):
 
     Global batch t is the union of the ranks' t-th local batches (the same DistributedSampler shards); the
     rows of rank r draw their latent noise with the torch RNG seeded by step_seed(seed, r, t). The loss is the
-    plain sum of the ranks' ELBO losses, one backward pass, one optimizer step: no DDP, no scaling.
+    plain sum of the ranks' ELBO losses, one backward pass, clip_grad_norm_, one optimizer step: no DDP, no
+    scaling. Written without the Trainer, so that it checks it.
     """
     train = config.train
     pyro.clear_param_store()
     pyro.set_rng_seed(train.seed)
-    vae = FlowVAE.from_config(config, data.data_dim)
-    optim = make_optim(train)
+    vae = config.task.build_model(config, config.task.meta(data))
+    params = list(vae.parameters())
+    optim = make_optim(params, train)
     annealer = ScaleLatents(1.0)
     model, guide = annealer(vae.model), annealer(vae.guide)
     # one ELBO per rank, as each rank has its own (JitTrace_ELBO compiles on its first call, which draws extra
-    # noise); Trace_ELBO while the KL weight is below 1 when train.elbo = "jit", as the trainers do
+    # noise); Trace_ELBO while the KL weight is below 1 when train.elbo = "jit", as the trainer does
     elbos = [build_elbo(train) for _ in range(WORLD)]
     warm_up_elbo = build_elbo(train, "trace")
     infos = [D.DistInfo(rank=r, world_size=WORLD) for r in range(WORLD)]
@@ -232,31 +265,35 @@ def reference_run(config, data, make_optim, epochs):
     local = train.batch_size // WORLD
     steps = -(-samplers[0].num_samples // local)
     warmup = round(train.kl_warmup_epochs * steps)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optim, epochs) if train.lr_schedule == "cosine" else None
     t, states, train_elbos = 0, [], []
-    for epoch in range(1, epochs + 1):
-        shards = []
-        for sampler in samplers:
-            sampler.set_epoch(epoch)
-            shards.append(list(sampler))
-        total, seen = 0.0, 0
-        for k in range(steps):
-            annealer.scale = beta = kl_weight(t, warmup, train.kl_start)
-            with poutine.trace(param_only=True) as capture:
+    with pyro.validation_enabled(False):
+        for epoch in range(1, epochs + 1):
+            shards = []
+            for sampler in samplers:
+                sampler.set_epoch(epoch)
+                shards.append(torch.tensor(list(sampler)))
+            total, seen = 0.0, 0
+            for k in range(steps):
+                annealer.scale = beta = kl_weight(t, warmup, train.kl_start)
                 loss = 0.0
                 for r, shard in enumerate(shards):
                     torch.manual_seed(D.step_seed(train.seed, r, t))
-                    rows = data.train[shard[k * local : (k + 1) * local]]
+                    rows = data.train.index_select(0, shard[k * local : (k + 1) * local])
                     elbo = warm_up_elbo if train.elbo == "jit" and beta < 1.0 else elbos[r]
-                    loss = loss + elbo.differentiable_loss(model, guide, rows)
+                    loss = loss + elbo.differentiable_loss(model, guide, *batch_args(rows))
                     seen += rows.shape[0]
-            loss.backward()
-            params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
-            optim(params)
-            zero_grads(params)
-            total += loss.item()
-            t += 1
-        states.append({k: v.detach().clone() for k, v in vae.state_dict().items()})
-        train_elbos.append(-total / seen)
+                loss.backward()
+                if train.clip_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, train.clip_norm)
+                optim.step()
+                optim.zero_grad()
+                total += loss.item()
+                t += 1
+            if schedule is not None:
+                schedule.step()
+            states.append({k: v.detach().clone() for k, v in vae.state_dict().items()})
+            train_elbos.append(-total / seen)
     return states, train_elbos
 
 
@@ -328,15 +365,30 @@ def test_adam_run_matches_one_process_and_resumes_under_torchrun(two_ranks):
     states, _ = reference_run(config, runs.load_run_data(config), build_optimizer, config.train.epochs)
     straight = load_checkpoint(out / "straight" / "checkpoint.pt")
     assert_states_close(straight["vae"], states[-1], **TOL)
-    assert straight["world_size"] == WORLD and straight["epoch"] == config.train.epochs
+    assert straight["world_size"] == WORLD and straight["run_state"]["epoch"] == config.train.epochs
     # one epoch, then --resume for the second: the same weights, bit for bit, as the uninterrupted run
     resumed = load_checkpoint(out / "resumed" / "checkpoint.pt")
     assert_states_equal(resumed["vae"], straight["vae"])
-    assert untimed(resumed["history"]) == untimed(straight["history"])
-    assert resumed["global_step"] == straight["global_step"]
+    assert untimed(resumed["run_state"]["history"]) == untimed(straight["run_state"]["history"])
+    assert resumed["run_state"]["global_step"] == straight["run_state"]["global_step"]
     assert_states_equal(rank1["resumed_best"], rank0["straight_best"])
     assert untimed(rank1["resumed_history"]) == untimed(rank0["straight_history"])
     assert len((out / "resumed" / "log.jsonl").read_text().splitlines()) == config.train.epochs
+
+
+def test_gpvae_under_ddp_equals_one_process_and_resumes(two_ranks):
+    """A sequence model (x, mask, times batches, banded guide, GP prior, cosine schedule) trains under torchrun
+    as one process does on the global batch, and --resume continues it bit for bit."""
+    out, (rank0, rank1) = two_ranks
+    config = runs.as_config(configs(out / "tiny.npz")["gp"])
+    states, train_elbos = reference_run(config, runs.load_run_data(config), build_optimizer, config.train.epochs)
+    assert_states_equal(rank0["gp_last"], rank1["gp_last"])
+    last = load_checkpoint(out / "gp" / "checkpoint.pt")
+    assert_states_close(last["vae"], states[-1], **TOL)
+    assert [r["train_elbo"] for r in rank0["gp_history"]] == pytest.approx(train_elbos, rel=1e-5)
+    assert [r["lr"] for r in rank0["gp_history"]][-1] < config.train.lr  # the cosine schedule decayed it
+    assert_states_equal(load_checkpoint(out / "gp_resumed" / "checkpoint.pt")["vae"], last["vae"])
+    assert untimed(rank1["gp_resumed_history"]) == untimed(rank0["gp_history"])
 
 
 def test_an_error_on_rank_0_stops_every_rank_with_its_message(two_ranks):
@@ -348,7 +400,7 @@ def test_an_error_on_rank_0_stops_every_rank_with_its_message(two_ranks):
 
 def test_only_rank_0_writes_files(two_ranks):
     out, _ = two_ranks
-    for name in ("sgd", "straight", "resumed"):
+    for name in ("sgd", "straight", "resumed", "gp"):
         assert {p.name for p in (out / name).iterdir()} == {"checkpoint.pt", "best.pt", "log.jsonl"}
         assert list((out / f"{name}_rank1").iterdir()) == []  # read-only for rank 1: any write would have failed
 
@@ -407,34 +459,29 @@ def test_one_rank_under_ddp_equals_the_plain_single_process_path(tiny_npz, monke
     """torchrun --nproc_per_node=1: DDP over a process group of one changes nothing."""
     config = runs.as_config(tiny_config(tiny_npz, {"guide.flow": "planar", "train.epochs": 1}))
     data = runs.load_run_data(config)
-    plain = D.DistributedTrainer(config, data).fit()
+    plain = fit(config, data)
     for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("MASTER_PORT", str(free_port()))
     info = D.init_distributed("auto", timeout_s=30, device="cpu")
     try:
         assert (info.backend, info.world_size, info.is_main, info.device.type) == ("gloo", 1, True, "cpu")
-        ddp = D.DistributedTrainer(config, data, None, info).fit()
+        ddp = fit(config, data, None, info)
         assert D.parameter_spread(ddp.vae, info) == 0.0
-        # a pyro.param outside the modules would escape DDP's all-reduce: refused at the first step
-        original = Decoder.forward
-        stray = lambda self, z: original(self, z) + pyro.param("stray", torch.zeros(()))  # noqa: E731
-        monkeypatch.setattr(Decoder, "forward", stray)
-        with pytest.raises(ConfigError, match=r"Pyro parameters outside its nn\.Modules \(stray\).*nn\.Parameter"):
-            D.DistributedTrainer(config, data, None, info).fit()
     finally:
         D.cleanup()
     assert_states_equal(ddp.vae.state_dict(), plain.vae.state_dict())
     assert [r["train_elbo"] for r in ddp.history] == [r["train_elbo"] for r in plain.history]
 
 
-def test_sequence_models_are_refused_with_the_way_out():
-    if not hasattr(runs.Config, "is_sequence"):
-        pytest.skip("this checkout has no sequence models")
-    config = runs.as_config({"data": {"name": "airline"}, "model": {"prior": "gp", "likelihood": "gaussian"}})
-    refused = r"data.name = 'airline' builds a sequence model \(GP-VAE\); .*\(without torchrun\)"
-    with pytest.raises(ConfigError, match=refused):
-        D.DistributedTrainer(config, None)
+def test_a_pyro_param_outside_the_modules_is_refused_at_the_first_step(tiny_npz, monkeypatch):
+    """torch.optim trains the modules' parameters: a stray pyro.param would never move (and would escape DDP)."""
+    config = runs.as_config(tiny_config(tiny_npz, {"train.epochs": 1}))
+    original = Decoder.forward
+    stray = lambda self, z: original(self, z) + pyro.param("stray", torch.zeros(()))  # noqa: E731
+    monkeypatch.setattr(Decoder, "forward", stray)
+    with pytest.raises(ConfigError, match=r"Pyro parameters outside its nn\.Modules \(stray\).*nn\.Parameter"):
+        fit(config, runs.load_run_data(config))
 
 
 def test_without_torchrun_init_is_a_single_process_no_op(monkeypatch):
@@ -470,23 +517,7 @@ def test_launch_errors_name_the_fix(monkeypatch, tiny_npz):
     four = D.DistInfo(rank=0, world_size=4, backend="gloo")
     uneven = r"batch_size = 30 is the global batch and must split evenly over the 4 ranks; .* multiple of 4, e\.g\. 32$"
     with pytest.raises(ConfigError, match=uneven):
-        D.DistributedTrainer(config, data, None, four)
-
-
-def test_nan_loss_stops_with_epoch_and_step(tiny_npz, monkeypatch, tmp_path):
-    original = Decoder.forward
-    calls = {"n": 0}
-
-    def poisoned(self, z):
-        calls["n"] += 1
-        out = original(self, z)
-        return out * float("nan") if self.training and calls["n"] > 5 + 1 + 2 else out  # epoch 1, its valid, 2 steps
-
-    monkeypatch.setattr(Decoder, "forward", poisoned)
-    config = runs.as_config(tiny_config(tiny_npz, {"train.epochs": 3, "train.log_every": 2}))
-    with pytest.raises(TrainingDivergedError, match=r"loss became nan at epoch 2, step 3 .*checkpoint\.pt, is intact"):
-        D.DistributedTrainer(config, runs.load_run_data(config), tmp_path).fit()
-    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+        fit(config, data, None, four)
 
 
 def test_distributed_evaluate_has_the_figures_of_evaluate(tiny_npz):
@@ -495,7 +526,7 @@ def test_distributed_evaluate_has_the_figures_of_evaluate(tiny_npz):
     overrides = {"train.epochs": 1, "eval.iw_samples": 1000, "eval.sample_chunk": 500}
     config = runs.as_config(tiny_config(tiny_npz, overrides))
     data = runs.load_run_data(config)
-    vae = D.DistributedTrainer(config, data).fit().vae
+    vae = fit(config, data).vae
     ours = D.distributed_evaluate(vae, data.test, config.eval, seed=3)
     theirs = evaluate(vae, data.test, config.eval)
     assert ours.keys() == theirs.keys()
