@@ -215,28 +215,42 @@ def speed_block() -> str:
     if loaded is None:
         return "No results recorded yet."
     data, path = loaded
-    summary = data["summary"]
+    summary, settings = data["summary"], data["settings"]
     lines = [
-        f"Batch {data['settings']['batch']}, MLP 784-{data['settings']['hidden'][0]}-{data['settings']['latent_dim']}, "
-        f"a full training step (ELBO, backward, clipping, Adam), median of {data['settings']['repeats']} repeats, "
-        f"ours and the plain-PyTorch reference (`benchmarks/torch_vae.py`, same networks and loss: checked equal "
-        f"to 1e-15 before timing) interleaved in one run; `{data['command']}` on {data['machine']} (load average "
+        f"MLP 784-{settings['hidden'][0]}-{settings['latent_dim']}, a full training step (ELBO, backward, "
+        f"clip_grad_norm_, Adam), median of {settings['repeats']} round-robin repeats, ours (the trainer's "
+        "`training_step` on Pyro's ELBO as a module) and the plain-PyTorch reference (`benchmarks/torch_vae.py`, "
+        "same networks, loss, optimizer and clipping: losses and gradients checked equal in float64 before timing) "
+        f"interleaved in one run; `{data['command']}` on {data['machine']} (load average "
         f"{data['load_average_before'][0]:.1f} before, `{path}`).",
         "",
-        "| guide | ours (examples/s) | plain PyTorch (examples/s) | ours / reference |",
-        "|---|---:|---:|---:|",
+        f"| guide | ours, batch {settings['batch']} (examples/s) | plain PyTorch | ours / reference | "
+        f"ours, batch {settings['large_batch']} | plain PyTorch | ours / reference |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in data["side_by_side"]:
+    for r, big in zip(data["side_by_side"], data["side_by_side_large_batch"]):
         lines.append(
             f"| {r['label']} | {r['ours']['examples_per_s']:,.0f} | {r['reference']['examples_per_s']:,.0f} | "
-            f"{r['ours_over_reference']:.2f} |"
+            f"{r['ours_over_reference']:.2f} | {big['ours']['examples_per_s']:,.0f} | "
+            f"{big['reference']['examples_per_s']:,.0f} | {big['ours_over_reference']:.2f} |"
         )
     ratio = summary["planar16_over_mean_field"]
+
+    def met(flag: bool) -> str:
+        return "met" if flag else "missed"
+
     lines += [
         "",
-        f"Planar K=16 costs {ratio['ours']:.2f}x a mean-field step here (target 2.0; the plain-PyTorch planar "
-        f"{ratio['reference']:.2f}x). Ours / reference is below the 0.9 target for every family but planar: "
-        "Pyro's per-step tracing and its one optimizer per parameter cost 2-6 ms a step at this size.",
+        f"Targets: ours / reference >= {summary['ours_over_reference_target']} at batch {settings['batch']} "
+        f"(lowest {summary['min_ours_over_reference']:.2f}: {met(summary['ours_over_reference_met'])}) and >= "
+        f"{summary['ours_over_reference_large_batch_target']} at batch {settings['large_batch']} (lowest "
+        f"{summary['min_ours_over_reference_large_batch']:.2f}: {met(summary['ours_over_reference_large_batch_met'])}"
+        f"); planar K=16 <= {summary['planar16_over_mean_field_target']}x a mean-field step ({ratio['ours']:.2f}x: "
+        f"{met(summary['planar16_over_mean_field_met'])}; the plain-PyTorch planar {ratio['reference']:.2f}x). "
+        "What the gap is: Pyro's tracing of model and guide (messenger stack, log-density bookkeeping, "
+        "`pyro.module` registration) costs 1.5 to 2.5 ms a step whatever the batch (measured on a tiny network, "
+        "where the arithmetic is negligible), and Pyro's transforms a few small tensor operations more per layer "
+        "than the hand-written flows; the optimizer and the clipping are the same on both sides.",
     ]
     return "\n".join(lines)
 

@@ -6,6 +6,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from pyro_flowvae.distributions import StandardNormalEvent
 from pyro_flowvae.errors import ConfigError
 
 __all__ = ["StandardNormalPrior", "StandardNormalSequencePrior", "build_prior"]
@@ -26,7 +27,7 @@ class StandardNormalPrior(nn.Module):
         self.register_buffer("scale", torch.ones(latent_dim))
 
     def forward(self, batch_shape: torch.Size | tuple[int, ...]) -> dist.TorchDistribution:
-        return dist.Normal(self.loc, self.scale).expand((*batch_shape, self.latent_dim)).to_event(1)
+        return StandardNormalEvent(self.loc, self.scale, tuple(batch_shape))
 
 
 def build_prior(name: str, latent_dim: int) -> nn.Module:
