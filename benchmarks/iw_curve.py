@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyro
 
-from pyro_flowvae.infer.importance import estimate_log_likelihood
+from pyro_flowvae.evaluation.importance import estimate_log_likelihood
 from pyro_flowvae.runs import load_run, load_run_data, versions
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_flowvae.config import load_config
-from pyro_flowvae.infer.evaluate import spread_subset
+from pyro_flowvae.evaluation.images import spread_subset
 from pyro_flowvae.runs import compare, load_run_data, machine, versions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,7 +181,7 @@ def log_weights(encode, flow, logits, x: torch.Tensor, num_samples: int, sample_
 
 
 @torch.no_grad()
-def importance_figures(encode, flow, logits, x: torch.Tensor, num_samples: int, data_chunk: int = 100) -> dict:
+def importance_metrics(encode, flow, logits, x: torch.Tensor, num_samples: int, data_chunk: int = 100) -> dict:
     """The test ELBO (mean log weight) and the IWAE bound on log p(x) per datapoint, with standard errors."""
     elbo, log_px = [], []
     for start in range(0, x.shape[0], data_chunk):
@@ -238,7 +238,7 @@ def pythae_networks(data_dim: int):
     from pythae.models.base.base_utils import ModelOutput
     from pythae.models.nn import BaseDecoder, BaseEncoder
 
-    from pyro_flowvae.nets import mlp
+    from pyro_flowvae.models.nets import mlp
 
     class Encoder(BaseEncoder):
         """x -> h (784-300-300, ReLU) -> one linear head for (mean, log-variance), as our guide's."""
@@ -344,7 +344,7 @@ def run_pythae(name: str, k: int, data, args: argparse.Namespace, device: str, o
 
     start = time.perf_counter()
     torch.manual_seed(args.seed)
-    ours = importance_figures(
+    ours = importance_metrics(
         model.encoder.moments, lambda z: push_through_flow(model, z), model.decoder.logits, test, args.iw_samples
     )
     check_seconds = time.perf_counter() - start

@@ -25,7 +25,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 
 from pyro_flowvae import FlowVAE, estimate_log_likelihood, load_config
-from pyro_flowvae.infer.evaluate import spread_subset
+from pyro_flowvae.evaluation.images import spread_subset
 from pyro_flowvae.runs import load_run_data, machine, versions
 
 ROOT = Path(__file__).resolve().parents[1]

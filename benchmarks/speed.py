@@ -8,7 +8,7 @@ One timed step is a full training step on one minibatch of random binary "images
 pixel values): single-sample ELBO, backward, global gradient-norm clipping and Adam, on an MLP VAE
 (784-512-32 by default, Bernoulli likelihood, standard-normal prior), for
 
-* ours: :meth:`pyro_flowvae.vae.FlowVAE.from_config` trained by
+* ours: :meth:`pyro_flowvae.models.vae.FlowVAE.from_config` trained by
   :func:`~pyro_flowvae.infer.trainer.training_step` on :class:`~pyro_flowvae.infer.svi.AnnealedELBO` (Pyro's
   ``Trace_ELBO`` as a module, :class:`~pyro_flowvae.infer.svi.DeviceTrace_ELBO`, under the KL-weight messenger)
   with the config's ``torch.optim`` optimizer and ``clip_grad_norm_``, exactly as
@@ -53,8 +53,8 @@ from pyro_flowvae.config import Config, load_config
 from pyro_flowvae.infer.optim import build_optimizer
 from pyro_flowvae.infer.svi import AnnealedELBO, build_elbo
 from pyro_flowvae.infer.trainer import training_step
+from pyro_flowvae.models.vae import FlowVAE
 from pyro_flowvae.runs import cpu_name, machine, parse_guide_specs, versions
-from pyro_flowvae.vae import FlowVAE
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -1,6 +1,6 @@
 """A plain-PyTorch reference of pyro_flowvae's VAE and flow guides, for the speed benchmark: no Pyro anywhere.
 
-The same networks as :class:`pyro_flowvae.vae.FlowVAE` built from a config (encoder MLP, base head, flow, decoder
+The same networks as :class:`pyro_flowvae.models.vae.FlowVAE` built from a config (encoder MLP, base head, flow, decoder
 MLP, Bernoulli likelihood, standard-normal prior) and the same single-sample ELBO written by hand,
 
 .. math::
@@ -354,7 +354,7 @@ class TorchVAE(nn.Module):
 
     @staticmethod
     def flowvae_key(key: str) -> str:
-        """The name in a :class:`pyro_flowvae.vae.FlowVAE` state dict of this module's ``key``."""
+        """The name in a :class:`pyro_flowvae.models.vae.FlowVAE` state dict of this module's ``key``."""
         if key.startswith("decoder."):
             return "model.decoder.net." + key.removeprefix("decoder.")
         if key.startswith("encoder."):

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pyro_flowvae.energy import Grid, fit_energy, get_potential, plot_energy_fits
+from pyro_flowvae.experiments.energy import Grid, fit_energy, get_potential, plot_energy_fits
 from pyro_flowvae.flows import check_flow_options
 
 

@@ -21,12 +21,12 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 
-from pyro_flowvae.baselines import sarima_airline, seasonal_naive
 from pyro_flowvae.config import load_config
 from pyro_flowvae.data import airline_windows, iterate_minibatches, load_airline, to_passengers
-from pyro_flowvae.gpvae import GPVAE, posterior_predictive_to_inference_data
-from pyro_flowvae.metrics import forecast_metrics
-from pyro_flowvae.plots_sequences import plot_forecast
+from pyro_flowvae.evaluation.baselines import sarima_airline, seasonal_naive
+from pyro_flowvae.evaluation.metrics import forecast_metrics
+from pyro_flowvae.models.gpvae import GPVAE, posterior_predictive_to_inference_data
+from pyro_flowvae.plots.sequences import plot_forecast
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "airline_gpvae.toml"
 

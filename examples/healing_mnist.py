@@ -36,15 +36,15 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import ClippedAdam
 
-from pyro_flowvae.baselines import mean_imputation
 from pyro_flowvae.config import load_config
 from pyro_flowvae.data import iterate_minibatches
 from pyro_flowvae.data.healing_mnist import load_healing_mnist, make_healing_mnist, missingness_stats
 from pyro_flowvae.data.sequences import SequenceSplits
-from pyro_flowvae.gpvae import GPVAE
-from pyro_flowvae.infer.evaluate_sequences import impute_batches
-from pyro_flowvae.metrics import masked_bernoulli_nll, masked_mse
-from pyro_flowvae.plots_sequences import save_imputation_strips
+from pyro_flowvae.evaluation.baselines import mean_imputation
+from pyro_flowvae.evaluation.metrics import masked_bernoulli_nll, masked_mse
+from pyro_flowvae.evaluation.sequences import impute_batches
+from pyro_flowvae.models.gpvae import GPVAE
+from pyro_flowvae.plots.sequences import save_imputation_strips
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "hmnist_gpvae.toml"
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_flowvae.baselines import forward_imputation, mean_imputation, sarima_airline, seasonal_naive
 from pyro_flowvae.data.airline import load_airline
 from pyro_flowvae.data.sequences import SequenceData
 from pyro_flowvae.errors import DataError
+from pyro_flowvae.evaluation.baselines import forward_imputation, mean_imputation, sarima_airline, seasonal_naive
 
 
 def _data(n: int, t: int, d: int, seed: int, p_obs: float = 0.6) -> SequenceData:

@@ -137,7 +137,7 @@ def test_flow_options_are_per_family_and_checked_when_the_config_is_read():
     config = load_config(
         None, ["guide.flow=iaf", "guide.options.iaf.hidden_dims=[8]", "guide.options.spline.count_bins=4"]
     )
-    from pyro_flowvae.vae import FlowVAE
+    from pyro_flowvae.models.vae import FlowVAE
 
     vae = FlowVAE.from_config(config.with_overrides(["guide.flow=spline", "guide.num_flows=1"]), 5)
     assert vae.guide.flow.blocks[0].nn.layers[0].out_features == 64  # spline's default width, not iaf's 8

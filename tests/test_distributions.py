@@ -8,7 +8,7 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO
 
-from pyro_flowvae.distributions import BernoulliEvent, StandardNormalEvent
+from pyro_flowvae.models.distributions import BernoulliEvent, StandardNormalEvent
 
 
 def test_bernoulli_event_equals_bernoulli_to_event_bitwise():

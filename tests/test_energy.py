@@ -12,7 +12,8 @@ import torch
 from matplotlib.figure import Figure
 from pyro import poutine
 
-from pyro_flowvae.energy import (
+from pyro_flowvae.errors import ConfigError
+from pyro_flowvae.experiments.energy import (
     BOX,
     POTENTIALS,
     QUADRATURE_GRID,
@@ -28,7 +29,6 @@ from pyro_flowvae.energy import (
     target_density,
     wall,
 )
-from pyro_flowvae.errors import ConfigError
 
 NAMES = ["U1", "U2", "U3", "U4"]
 

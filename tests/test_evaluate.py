@@ -6,8 +6,8 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from pyro_flowvae.config import load_config
-from pyro_flowvae.infer.evaluate import evaluate, latent_statistics, spread_subset
-from pyro_flowvae.vae import FlowVAE
+from pyro_flowvae.evaluation.images import evaluate, latent_statistics, spread_subset
+from pyro_flowvae.models.vae import FlowVAE
 
 
 def vae_for(flow: str) -> FlowVAE:

@@ -10,13 +10,13 @@ import pyro
 import pytest
 import torch
 
-from pyro_flowvae.baselines import mean_imputation
 from pyro_flowvae.cli import main as cli_main
 from pyro_flowvae.config import load_config
 from pyro_flowvae.data.sequences import SequenceData, SequenceSplits
 from pyro_flowvae.errors import ConfigError, DataError
-from pyro_flowvae.gpvae import GPVAE, posterior_predictive_to_inference_data
-from pyro_flowvae.metrics import masked_mse
+from pyro_flowvae.evaluation.baselines import mean_imputation
+from pyro_flowvae.evaluation.metrics import masked_mse
+from pyro_flowvae.models.gpvae import GPVAE, posterior_predictive_to_inference_data
 from pyro_flowvae.priors.gp import GPPrior
 from pyro_flowvae.runs import fit_model
 

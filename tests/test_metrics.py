@@ -11,7 +11,7 @@ import torch
 from scipy import optimize
 
 from pyro_flowvae.errors import DataError
-from pyro_flowvae.metrics import (
+from pyro_flowvae.evaluation.metrics import (
     forecast_metrics,
     logistic_regression_auroc,
     masked_bernoulli_nll,

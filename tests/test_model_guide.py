@@ -13,8 +13,8 @@ from pyro_flowvae.config import load_config
 from pyro_flowvae.flows import flow_names
 from pyro_flowvae.guides import AmortizedFlowGuide, ConstantContext
 from pyro_flowvae.infer.annealing import ScaleLatents, kl_weight
-from pyro_flowvae.nets import Encoder
-from pyro_flowvae.vae import FlowVAE
+from pyro_flowvae.models.nets import Encoder
+from pyro_flowvae.models.vae import FlowVAE
 
 
 def binary_data(n: int = 64, dim: int = 10) -> torch.Tensor:

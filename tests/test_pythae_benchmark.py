@@ -62,7 +62,7 @@ def test_importance_figures_are_exact_when_q_is_the_posterior(bench):
         return bias.expand(z.shape[0], 6)
 
     exact = -F.binary_cross_entropy_with_logits(bias.expand(7, 6), x, reduction="none").sum(-1).mean()
-    figures = bench.importance_figures(encode, identity, logits, x, num_samples=20, data_chunk=3)
+    figures = bench.importance_metrics(encode, identity, logits, x, num_samples=20, data_chunk=3)
     assert figures["elbo"] == pytest.approx(float(exact), abs=1e-5)
     assert figures["log_px"] == pytest.approx(float(exact), abs=1e-5)
 
@@ -81,9 +81,9 @@ def test_importance_figures_bound_the_elbo_and_match_one_sample(bench):
     def logits(z):
         return z @ weight
 
-    one = bench.importance_figures(encode, shift, logits, x, num_samples=1)
+    one = bench.importance_metrics(encode, shift, logits, x, num_samples=1)
     assert one["log_px"] == pytest.approx(one["elbo"])  # K = 1: the bound is the ELBO
-    many = bench.importance_figures(encode, shift, logits, x, num_samples=2000)
+    many = bench.importance_metrics(encode, shift, logits, x, num_samples=2000)
     assert many["log_px"] > many["elbo"]
     assert many["elbo_stderr"] > 0 and many["log_px_stderr"] > 0
 

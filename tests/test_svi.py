@@ -13,7 +13,7 @@ from pyro_flowvae.config import TrainConfig, load_config
 from pyro_flowvae.infer.optim import build_optimizer
 from pyro_flowvae.infer.svi import AnnealedELBO, DeviceTrace_ELBO, build_elbo
 from pyro_flowvae.infer.trainer import training_step
-from pyro_flowvae.vae import FlowVAE
+from pyro_flowvae.models.vae import FlowVAE
 
 
 def loss_and_grads(elbo, model, guide, params, *args):

@@ -54,7 +54,7 @@ def test_resume_with_another_config_names_the_differing_keys(tmp_path, tiny_npz)
 
 
 def test_nan_loss_mid_training_stops_with_epoch_and_step_and_keeps_the_checkpoint(tmp_path, tiny_npz, monkeypatch):
-    from pyro_flowvae.nets import Decoder
+    from pyro_flowvae.models.nets import Decoder
 
     original = Decoder.forward
     calls = {"n": 0}

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from pyro_flowvae.errors import DataError
 
-__all__ = ["iterate_minibatches", "num_minibatches"]
+__all__ = ["iterate_minibatches", "num_minibatches", "batch_args"]
 
 
 def num_minibatches(n: int, batch_size: int, drop_last: bool = False) -> int:
@@ -53,3 +54,9 @@ def iterate_minibatches(
         if dynamic_binarize:
             batch = torch.bernoulli(batch, generator=generator)
         yield batch
+
+
+def batch_args(batch: Any) -> tuple[Any, ...]:
+    """The arguments model and guide take for a minibatch: ``(x,)`` for a tensor of images, ``batch.args()``
+    (``(x, mask, times)``) for :class:`~pyro_flowvae.data.sequences.SequenceData`."""
+    return (batch,) if isinstance(batch, Tensor) else tuple(batch.args())

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from pyro_flowvae.errors import DataError
 
-__all__ = ["SequenceData", "SequenceSplits"]
+__all__ = ["SequenceData", "SequenceSplits", "check_sequence_batch"]
 
 _Index = int | slice | Tensor | Sequence[int]
 
@@ -355,4 +355,28 @@ class SequenceSplits:
         return (
             f"SequenceSplits(name={self.name!r}, {sizes}, T={self.seq_len}, D={self.data_dim}, "
             f"frame_shape={self.frame_shape}, device={self.train.device})"
+        )
+
+
+def check_sequence_batch(x: Tensor, mask: Tensor, times: Tensor, data_dim: int | None = None) -> None:
+    """Raise :class:`~pyro_flowvae.errors.DataError` unless x is (B, T, D), mask has x's shape and times is (B, T)."""
+    if x.dim() != 3:
+        raise DataError(
+            f"x must have shape (B, T, D) = (sequences, time steps, features), got {tuple(x.shape)}; "
+            f"add a batch dimension with x.unsqueeze(0) for a single sequence"
+        )
+    if data_dim is not None and x.shape[-1] != data_dim:
+        raise DataError(
+            f"x has {x.shape[-1]} features per time step (shape {tuple(x.shape)}) but the guide was built for "
+            f"data_dim={data_dim}; build it with data_dim={x.shape[-1]} or pass the right data"
+        )
+    if tuple(mask.shape) != tuple(x.shape):
+        raise DataError(
+            f"mask has shape {tuple(mask.shape)} but x has shape {tuple(x.shape)}; the mask marks every entry of x "
+            f"(1/True = observed), so give it x's shape"
+        )
+    if tuple(times.shape) != tuple(x.shape[:2]):
+        raise DataError(
+            f"times has shape {tuple(times.shape)} but x of shape {tuple(x.shape)} needs times of shape (B, T) = "
+            f"{tuple(x.shape[:2])}: one time stamp per step of each sequence"
         )

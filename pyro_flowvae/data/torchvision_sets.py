@@ -21,7 +21,7 @@ from torch import Tensor
 from torchvision.datasets import MNIST, FashionMNIST
 from torchvision.datasets.utils import check_integrity
 
-from pyro_flowvae.atomic import atomic_write
+from pyro_flowvae._atomic import atomic_write
 from pyro_flowvae.data.paths import default_cache_dir, is_writable_dir
 from pyro_flowvae.errors import DataError
 

@@ -50,7 +50,7 @@ class AmortizedFlowGuide(nn.Module):
     argument is the data the encoder reads. Override :meth:`get_context` for other signatures, pass
     ``data_plate=None`` and a :class:`ConstantContext` encoder for a global latent. The log-density of a
     flow without an inverse (planar, radial) is computed from the transforms' cache, so score z inside the
-    trace that drew it (SVI and :func:`~pyro_flowvae.infer.importance.estimate_log_likelihood` do).
+    trace that drew it (SVI and :func:`~pyro_flowvae.evaluation.importance.estimate_log_likelihood` do).
 
     The split into :meth:`get_context`, :meth:`get_base_dist`, :meth:`get_transforms` and
     :meth:`get_posterior` follows Pyro's autoguides: override the step you need.

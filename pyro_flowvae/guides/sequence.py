@@ -13,40 +13,17 @@ from torch.distributions import Transform
 from torch.distributions.transforms import ReshapeTransform
 from torch.nn import functional as F
 
+from pyro_flowvae.data.sequences import check_sequence_batch
 from pyro_flowvae.errors import ConfigError, DataError
 from pyro_flowvae.flows import ConditionalFlow, build_flow, check_flow_options
 from pyro_flowvae.flows.base import INIT_SCALE, check_size
 from pyro_flowvae.guides.banded import BandedPrecisionNormal
-from pyro_flowvae.nets import ACTIVATIONS, mlp
+from pyro_flowvae.models.nets import ACTIVATIONS, mlp
 
 __all__ = ["COVARIANCES", "SequenceEncoder", "GPVAEGuide", "check_sequence_batch"]
 
 #: The posterior covariance structures over time that :class:`GPVAEGuide` offers.
 COVARIANCES = ("diagonal", "banded")
-
-
-def check_sequence_batch(x: Tensor, mask: Tensor, times: Tensor, data_dim: int | None = None) -> None:
-    """Raise :class:`~pyro_flowvae.errors.DataError` unless x is (B, T, D), mask has x's shape and times is (B, T)."""
-    if x.dim() != 3:
-        raise DataError(
-            f"x must have shape (B, T, D) = (sequences, time steps, features), got {tuple(x.shape)}; "
-            f"add a batch dimension with x.unsqueeze(0) for a single sequence"
-        )
-    if data_dim is not None and x.shape[-1] != data_dim:
-        raise DataError(
-            f"x has {x.shape[-1]} features per time step (shape {tuple(x.shape)}) but the guide was built for "
-            f"data_dim={data_dim}; build it with data_dim={x.shape[-1]} or pass the right data"
-        )
-    if tuple(mask.shape) != tuple(x.shape):
-        raise DataError(
-            f"mask has shape {tuple(mask.shape)} but x has shape {tuple(x.shape)}; the mask marks every entry of x "
-            f"(1/True = observed), so give it x's shape"
-        )
-    if tuple(times.shape) != tuple(x.shape[:2]):
-        raise DataError(
-            f"times has shape {tuple(times.shape)} but x of shape {tuple(x.shape)} needs times of shape (B, T) = "
-            f"{tuple(x.shape[:2])}: one time stamp per step of each sequence"
-        )
 
 
 class SequenceEncoder(nn.Module):

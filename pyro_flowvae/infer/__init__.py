@@ -1,1 +1,2 @@
-"""Inference: SVI training, KL warm-up, checkpoints, importance-sampled log-likelihood, evaluation."""
+"""Inference: the training loop (trainer.py), the ELBO as a module (svi.py), optimizers and schedules (optim.py),
+KL warm-up (annealing.py), checkpoints, and data parallelism under torchrun (distributed.py)."""

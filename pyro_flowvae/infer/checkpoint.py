@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from pyro_flowvae.atomic import atomic_write
+from pyro_flowvae._atomic import atomic_write
 from pyro_flowvae.config import Config, config_diff
 from pyro_flowvae.errors import CheckpointError
 

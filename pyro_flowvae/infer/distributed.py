@@ -11,7 +11,6 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 import numpy as np
-import pyro
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -19,10 +18,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
-from pyro_flowvae.config import EvalConfig
 from pyro_flowvae.errors import ConfigError, FlowVAEError
-from pyro_flowvae.infer.evaluate import elbo_per_datapoint, importance_figures, latent_statistics, spread_subset
-from pyro_flowvae.infer.importance import MIN_PARETO_SAMPLES, ImportanceEstimate, estimate_log_likelihood
+from pyro_flowvae.evaluation.importance import (
+    MIN_PARETO_SAMPLES,
+    ImportanceEstimate,
+    elbo_per_datapoint,
+    estimate_log_likelihood,
+)
 
 __all__ = [
     "BACKENDS",
@@ -38,7 +40,6 @@ __all__ = [
     "parameter_spread",
     "distributed_elbo",
     "distributed_log_likelihood",
-    "distributed_evaluate",
     "resolve_device",
     "is_comm_failure",
     "first_line",
@@ -54,7 +55,7 @@ BACKENDS = ("auto", "gloo", "nccl")
 DEFAULT_TIMEOUT_S = 600.0
 #: the random streams of :func:`step_seed`, each seeded independently
 STREAMS = {"latent": 0, "binarize": 1, "valid": 2, "eval": 3}
-#: rows per seeded chunk of the validation ELBO (as :func:`~pyro_flowvae.infer.trainer.elbo_per_datapoint`)
+#: rows per seeded chunk of the validation ELBO (as :func:`~pyro_flowvae.evaluation.importance.elbo_per_datapoint`)
 VALID_CHUNK = 1000
 
 #: buffers (flow masks, permutations) never change: DDP syncs them once, at construction, not every forward
@@ -361,7 +362,7 @@ def distributed_log_likelihood(
     max_plate_nesting: int = 1,
     **kwargs: Any,
 ) -> ImportanceEstimate:
-    r""":func:`~pyro_flowvae.infer.importance.estimate_log_likelihood` with the data split across ranks.
+    r""":func:`~pyro_flowvae.evaluation.importance.estimate_log_likelihood` with the data split across ranks.
 
     .. math::
 
@@ -415,39 +416,6 @@ def distributed_log_likelihood(
         pareto_k=gather(ks).to(log_px_t.dtype) if with_k else None,
         num_samples=num_samples,
     )
-
-
-def distributed_evaluate(
-    vae: nn.Module,
-    x: Tensor,
-    config: EvalConfig,
-    dist_info: DistInfo | None = None,
-    seed: int = 0,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """The figures of :func:`~pyro_flowvae.infer.evaluate.evaluate` (same keys), with the importance sampling
-    split across ranks by :func:`distributed_log_likelihood`; every rank returns the same dict. The KL per
-    latent dimension and the active units are computed on every rank with the RNG seeded by ``seed`` (they
-    cost a small fraction of the importance sampling)."""
-    info = dist_info or DistInfo()
-    x = x[spread_subset(x.shape[0], config.test_limit).to(x.device)]
-    vae.eval()
-    with pyro.validation_enabled(False):
-        estimate = distributed_log_likelihood(
-            vae.model,
-            vae.guide,
-            x,
-            num_samples=config.iw_samples,
-            sample_chunk=config.sample_chunk,
-            data_chunk=config.data_chunk,
-            pareto_k=True,
-            seed=seed,
-            dist_info=info,
-            progress=progress,
-        )
-        with seeded(step_seed(seed, 0, 1, "eval"), x.device):
-            latent = latent_statistics(vae, x)
-    return {**importance_figures(estimate), **latent}
 
 
 def first_line(error: BaseException) -> str:

@@ -25,8 +25,9 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from pyro_flowvae.atomic import atomic_write
+from pyro_flowvae._atomic import atomic_write
 from pyro_flowvae.config import Config
+from pyro_flowvae.data.batching import batch_args
 from pyro_flowvae.errors import ConfigError, TrainingDivergedError
 from pyro_flowvae.infer.annealing import kl_weight
 from pyro_flowvae.infer.checkpoint import load_checkpoint, save_checkpoint
@@ -45,7 +46,6 @@ from pyro_flowvae.infer.distributed import (
     shard_sampler,
     step_seed,
 )
-from pyro_flowvae.infer.evaluate import batch_args
 from pyro_flowvae.infer.optim import build_optimizer, build_scheduler, load_scheduler_state, step_scheduler
 from pyro_flowvae.infer.svi import AnnealedELBO, build_elbo
 

@@ -1,6 +1,7 @@
-"""Generative models p(x, z) written as Pyro programs."""
+"""Generative models p(x, z) written as Pyro programs, and the modules that hold a model with its guide: the image
+VAE with a flow guide (:class:`FlowVAE`) and the sequence VAE with a GP prior (:class:`GPVAE`)."""
 
-from pyro_flowvae.models.gpvae import SequenceVAEModel
-from pyro_flowvae.models.vae import VAEModel
+from pyro_flowvae.models.gpvae import GPVAE, Imputation, SequenceVAEModel
+from pyro_flowvae.models.vae import FlowVAE, VAEModel
 
-__all__ = ["SequenceVAEModel", "VAEModel"]
+__all__ = ["SequenceVAEModel", "VAEModel", "FlowVAE", "GPVAE", "Imputation"]

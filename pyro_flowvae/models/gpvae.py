@@ -1,14 +1,30 @@
-"""The GP-VAE's generative model as a Pyro program: a latent trajectory over time, decoded frame by frame."""
+"""The GP-VAE's generative model as a Pyro program (a latent trajectory over time, decoded frame by frame), and the
+sequence VAE built from a config, with imputation and forecasting."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
 import pyro
+import torch
 from torch import Tensor, nn
 
-from pyro_flowvae.guides.sequence import check_sequence_batch
-from pyro_flowvae.likelihoods import Likelihood
+from pyro_flowvae.data.sequences import check_sequence_batch
+from pyro_flowvae.models.likelihoods import Likelihood, build_likelihood
+from pyro_flowvae.models.nets import Decoder, count_parameters
 
-__all__ = ["SequenceVAEModel"]
+if TYPE_CHECKING:
+    from pyro_flowvae.config import Config
+
+__all__ = [
+    "SequenceVAEModel",
+    "GPVAE",
+    "Imputation",
+    "build_sequence_prior",
+    "posterior_predictive_to_inference_data",
+]
 
 
 class SequenceVAEModel(nn.Module):
@@ -67,3 +83,173 @@ class SequenceVAEModel(nn.Module):
     def decode_mean(self, z: Tensor) -> Tensor:
         """E[x | z] per frame, (..., B, T, D)."""
         return self.likelihood.mean(self.decode(z))
+
+
+def build_sequence_prior(config: Config) -> nn.Module:
+    """p(z) over (L, T): the GP prior of ``[gp]`` (model.prior = 'gp') or N(0, I) (the frame-wise VAE)."""
+    latent_dim = config.model.latent_dim
+    if config.model.prior == "gp":
+        from pyro_flowvae.priors.gp import GPPrior
+
+        g = config.gp
+        lengthscale: float | list[float] = g.lengthscale[0] if len(g.lengthscale) == 1 else list(g.lengthscale)
+        return GPPrior(
+            latent_dim,
+            kernel=g.kernel,
+            lengthscale=lengthscale,
+            variance=g.variance,
+            period=g.period,
+            learn=g.learn,
+            jitter=g.jitter,
+        )
+    from pyro_flowvae.priors.standard_normal import StandardNormalSequencePrior
+
+    return StandardNormalSequencePrior(latent_dim)
+
+
+@dataclass
+class Imputation:
+    r"""Posterior-predictive draws at every entry of a batch of sequences.
+
+    With :math:`z_s \sim q(z \mid x_{obs})`, ``mean`` is :math:`\frac1S \sum_s \mathbb{E}[x \mid z_s]`,
+    ``samples`` are :math:`x_s \sim p(x \mid z_s)` (S, N, T, D), and ``log_pred`` is the log predictive
+    density of ``target`` (when given) per entry, :math:`\log \frac1S \sum_s p(x_{td} \mid z_s)`.
+    """
+
+    mean: Tensor
+    samples: Tensor
+    log_pred: Tensor | None
+
+
+class GPVAE(nn.Module):
+    """Holds a :class:`SequenceVAEModel` and a :class:`~pyro_flowvae.guides.GPVAEGuide`, both Pyro programs
+    called as ``fn(x, mask, times)``: ``SVI(vae.model, vae.guide, optim, Trace_ELBO())`` trains them."""
+
+    def __init__(self, model: SequenceVAEModel, guide: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.guide = guide
+
+    @classmethod
+    def from_config(cls, config: Config, data_dim: int, seq_len: int | None = None) -> GPVAE:
+        """Frame encoder (MLP + temporal convolution), frame-wise decoder, GP or N(0, I) prior, and the
+        guide of ``guide.covariance`` with ``guide.flow`` on top (a flow acts on the flattened L x T latent,
+        so it needs the sequence length ``seq_len``)."""
+        from pyro_flowvae.guides.sequence import GPVAEGuide
+
+        m, g = config.model, config.guide
+        decoder = Decoder(m.latent_dim, list(reversed(m.hidden)), data_dim, m.activation)
+        model = SequenceVAEModel(decoder, build_likelihood(m.likelihood, data_dim), build_sequence_prior(config))
+        guide = GPVAEGuide(
+            data_dim,
+            m.latent_dim,
+            hidden=list(m.hidden),
+            covariance=g.covariance,
+            flow=g.flow,
+            num_flows=g.num_flows if g.flow != "mean_field" else 0,
+            flow_options=g.options.get(g.flow, {}),
+            time_length=seq_len,
+            activation=m.activation,
+            min_scale=g.min_scale,
+        )
+        return cls(model, guide)
+
+    @property
+    def num_params(self) -> int:
+        return count_parameters(self)
+
+    @torch.no_grad()
+    def latent_means(self, x: Tensor, mask: Tensor, times: Tensor, num_samples: int = 32) -> Tensor:
+        """E_q[z], shape (B, L, T): the representation a downstream classifier reads."""
+        return self.guide.posterior_mean(x, mask, times, num_samples=num_samples)
+
+    @torch.no_grad()
+    def impute(
+        self,
+        x: Tensor,
+        mask: Tensor,
+        times: Tensor,
+        num_samples: int = 100,
+        target: Tensor | None = None,
+        condition_missing_frames: bool = True,
+    ) -> Imputation:
+        """Draw ``num_samples`` z from the guide given the observed entries and decode them (see :class:`Imputation`).
+
+        With ``condition_missing_frames`` and a GP prior, frames with no observed entry (a forecast's future)
+        take their latents from the prior's conditional given the guide's draw at the other frames
+        (:meth:`condition_missing_frames`)."""
+        z = self.guide.get_posterior(x, mask, times).sample((num_samples,))  # (S, B, L, T)
+        if condition_missing_frames:
+            z = self.condition_missing_frames(z, mask, times)
+        decoded = self.model.decode(z)
+        likelihood = self.model.likelihood
+        predictive = likelihood.elementwise(decoded)
+        log_pred = None
+        if target is not None:
+            log_pred = torch.logsumexp(predictive.log_prob(target), dim=0) - math.log(num_samples)
+        return Imputation(mean=likelihood.mean(decoded).mean(0), samples=predictive.sample(), log_pred=log_pred)
+
+    @torch.no_grad()
+    def condition_missing_frames(self, z: Tensor, mask: Tensor, times: Tensor) -> Tensor:
+        r"""Redraw the latents of frames with no observed entry from the GP conditional.
+
+        A frame m with no observation carries no likelihood term, so under the model its latent given
+        everything else is the prior's conditional given the latents o of the other frames:
+
+        .. math::
+            z_m \mid z_o \sim \mathcal{N}\big(K_{mo} K_{oo}^{-1} z_o,\;
+            K_{mm} - K_{mo} K_{oo}^{-1} K_{om}\big) \quad \text{per channel,}
+
+        which is how a GP extrapolates (a periodic kernel continues the season, a linear one the trend). The
+        guide's own output at such frames comes from an encoder that saw only the mask there. Samples z
+        (S, B, L, T) are returned with those frames replaced; sequences fully observed or fully missing are kept.
+        With a prior that has no ``kernel_matrix`` (the frame-wise VAE) z is returned unchanged."""
+        prior = self.model.prior
+        if not hasattr(prior, "kernel_matrix"):
+            return z
+        z = z.clone()
+        empty = ~mask.bool().any(-1)  # (B, T)
+        for b in range(z.shape[1]):
+            m = empty[b]
+            if not bool(m.any()) or bool(m.all()):
+                continue
+            o = ~m
+            k = prior.kernel_matrix(times[b], dtype=torch.float64)  # (L, T, T)
+            jitter = getattr(prior, "jitter_used", prior.jitter)
+            k = k + jitter * torch.eye(k.shape[-1], dtype=k.dtype, device=k.device)
+            k_oo, k_mo, k_mm = k[:, o][:, :, o], k[:, m][:, :, o], k[:, m][:, :, m]
+            chol_oo = torch.linalg.cholesky(k_oo)
+            gain = torch.cholesky_solve(k_mo.transpose(-1, -2), chol_oo).transpose(-1, -2)  # K_mo K_oo^-1
+            mean = (gain @ z[:, b][..., o].double().unsqueeze(-1)).squeeze(-1)  # (S, L, Tm)
+            cov = k_mm - gain @ k_mo.transpose(-1, -2)
+            cov = 0.5 * (cov + cov.transpose(-1, -2))  # k_mm carries the jitter: cov stays positive definite
+            eps = torch.randn(mean.shape, dtype=k.dtype, device=k.device)
+            draw = mean + (torch.linalg.cholesky(cov) @ eps.unsqueeze(-1)).squeeze(-1)
+            z_b = z[:, b]  # a view: writing into it writes into z
+            z_b[..., m] = draw.to(z.dtype)
+        return z
+
+    def extra_repr(self) -> str:
+        return f"params={self.num_params:,}"
+
+
+def posterior_predictive_to_inference_data(
+    imputation: Imputation, x: Tensor, mask: Tensor, times: Tensor | None = None
+) -> Any:
+    """Imputations (or forecasts) as :class:`arviz.InferenceData`: ``posterior_predictive.x`` with dims
+    (chain, draw, sequence, time, feature), ``observed_data.x`` with missing entries as NaN, and
+    ``constant_data.mask``/``times``, for arviz's summaries and HDIs."""
+    import arviz as az
+
+    observed = x.detach().cpu().double().clone()
+    observed[~mask.bool().cpu()] = math.nan
+    dims = ["sequence", "time", "feature"]
+    constant: dict[str, Any] = {"mask": mask.detach().cpu().numpy().astype(bool)}
+    if times is not None:
+        constant["times"] = times.detach().cpu().numpy()
+    return az.from_dict(
+        posterior_predictive={"x": imputation.samples.detach().cpu().numpy()[None]},
+        observed_data={"x": observed.numpy()},
+        constant_data=constant,
+        dims={"x": dims, "mask": dims, "times": ["sequence", "time"]},
+    )

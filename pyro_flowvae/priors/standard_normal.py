@@ -6,8 +6,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyro_flowvae.distributions import StandardNormalEvent
 from pyro_flowvae.errors import ConfigError
+from pyro_flowvae.models.distributions import StandardNormalEvent
 
 __all__ = ["StandardNormalPrior", "StandardNormalSequencePrior", "build_prior"]
 

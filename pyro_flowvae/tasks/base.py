@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from pyro_flowvae.config import Config
     from pyro_flowvae.infer.distributed import DistInfo
 
-__all__ = ["Task", "TASKS", "register_task", "task_for"]
+__all__ = ["Task", "TASKS", "register_task", "task_for", "build_vae"]
 
 
 class Task(ABC):
@@ -75,7 +75,7 @@ class Task(ABC):
         """The test figures of ``metrics.json`` (the same on every rank)."""
 
     @abstractmethod
-    def write_figures(self, run_dir: Path, vae: nn.Module, data: Any, config: Config, metrics: dict[str, Any]) -> None:
+    def write_plots(self, run_dir: Path, vae: nn.Module, data: Any, config: Config, metrics: dict[str, Any]) -> None:
         """The task's plots in the run directory (the ELBO curve is every task's and drawn by the run)."""
 
 
@@ -97,3 +97,10 @@ def task_for(data_name: str) -> Task:
     if data_name not in TASKS:
         raise ConfigError(f"data.name = {data_name!r} has no task; choose one of: {', '.join(TASKS)}")
     return TASKS[data_name]
+
+
+def build_vae(config: Config, data_dim: int, seq_len: int | None = None) -> nn.Module:
+    """The model and guide a config describes, built by its task (``config.task``): a
+    :class:`~pyro_flowvae.models.FlowVAE` for images, a :class:`~pyro_flowvae.models.GPVAE` for sequence data of
+    length ``seq_len``."""
+    return config.task.build_model(config, {"data_dim": data_dim, "seq_len": seq_len})

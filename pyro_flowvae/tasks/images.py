@@ -20,7 +20,7 @@ __all__ = ["ImageTask"]
 
 
 class ImageTask(Task):
-    """MNIST, Fashion-MNIST, binarized MNIST or a user's array: :class:`~pyro_flowvae.vae.FlowVAE`, the test
+    """MNIST, Fashion-MNIST, binarized MNIST or a user's array: :class:`~pyro_flowvae.models.vae.FlowVAE`, the test
     ELBO and log p(x) with Pareto k, KL per latent dimension and active units; samples and reconstructions."""
 
     name = "image"
@@ -69,7 +69,7 @@ class ImageTask(Task):
         return {"data_dim": data.data_dim, "image_shape": data.image_shape}
 
     def build_model(self, config: Config, meta: dict[str, Any]) -> nn.Module:
-        from pyro_flowvae.vae import FlowVAE
+        from pyro_flowvae.models.vae import FlowVAE
 
         return FlowVAE.from_config(config, meta["data_dim"])
 
@@ -79,16 +79,14 @@ class ImageTask(Task):
     def evaluate(
         self, vae: nn.Module, data: Any, config: Config, dist_info: DistInfo, progress: bool = False
     ) -> dict[str, Any]:
-        from pyro_flowvae.infer.distributed import distributed_evaluate
+        from pyro_flowvae.evaluation.images import evaluate
 
         device = next(vae.parameters()).device
-        return distributed_evaluate(
-            vae, data.test.to(device), config.eval, dist_info, seed=config.train.seed, progress=progress
-        )
+        return evaluate(vae, data.test.to(device), config.eval, dist_info, seed=config.train.seed, progress=progress)
 
     @torch.no_grad()
-    def write_figures(self, run_dir: Path, vae: nn.Module, data: Any, config: Config, metrics: dict[str, Any]) -> None:
-        from pyro_flowvae.plots import interleave, plot_kl_per_dim, save_image_grid
+    def write_plots(self, run_dir: Path, vae: nn.Module, data: Any, config: Config, metrics: dict[str, Any]) -> None:
+        from pyro_flowvae.plots.images import interleave, plot_kl_per_dim, save_image_grid
 
         plot_kl_per_dim(
             metrics["kl_per_dim"],

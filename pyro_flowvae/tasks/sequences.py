@@ -18,7 +18,7 @@ __all__ = ["SequenceTask"]
 
 
 class SequenceTask(Task):
-    """Healing MNIST or the airline series: :class:`~pyro_flowvae.gpvae.GPVAE`; the test ELBO and log p(x_obs),
+    """Healing MNIST or the airline series: :class:`~pyro_flowvae.models.gpvae.GPVAE`; the test ELBO and log p(x_obs),
     imputation NLL and MSE against mean and forward imputation, the AUROC of the latent means, or a forecast
     with its interval; imputation strips or the forecast plot."""
 
@@ -52,7 +52,7 @@ class SequenceTask(Task):
         return {"data_dim": data.data_dim, "seq_len": data.seq_len, "image_shape": data.image_shape}
 
     def build_model(self, config: Config, meta: dict[str, Any]) -> nn.Module:
-        from pyro_flowvae.gpvae import GPVAE
+        from pyro_flowvae.models.gpvae import GPVAE
 
         return GPVAE.from_config(config, meta["data_dim"], meta["seq_len"])
 
@@ -60,15 +60,15 @@ class SequenceTask(Task):
         self, vae: nn.Module, data: Any, config: Config, dist_info: DistInfo, progress: bool = False
     ) -> dict[str, Any]:
         """Every rank scores the whole test set with the same seeded draws (the sequence test sets are small)."""
+        from pyro_flowvae.evaluation.sequences import evaluate_sequences
         from pyro_flowvae.infer.distributed import seeded, step_seed
-        from pyro_flowvae.infer.evaluate_sequences import evaluate_sequences
 
         device = next(vae.parameters()).device
         with seeded(step_seed(config.train.seed, 0, 0, "eval"), device):
             return evaluate_sequences(vae, data.to(device), config.eval, progress=progress and dist_info.is_main)
 
-    def write_figures(self, run_dir: Path, vae: nn.Module, data: Any, config: Config, metrics: dict[str, Any]) -> None:
-        from pyro_flowvae.plots_sequences import write_sequence_figures
+    def write_plots(self, run_dir: Path, vae: nn.Module, data: Any, config: Config, metrics: dict[str, Any]) -> None:
+        from pyro_flowvae.plots.sequences import write_sequence_figures
 
         write_sequence_figures(run_dir, vae, data, config, metrics)
 

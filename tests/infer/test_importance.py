@@ -15,8 +15,8 @@ import torch
 from pyro.distributions.transforms.planar import ConditionedPlanar
 
 from pyro_flowvae.errors import FlowVAEError
-from pyro_flowvae.infer import importance
-from pyro_flowvae.infer.importance import (
+from pyro_flowvae.evaluation import importance
+from pyro_flowvae.evaluation.importance import (
     MIN_PARETO_SAMPLES,
     ImportanceEstimate,
     estimate_log_likelihood,

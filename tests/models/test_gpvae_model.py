@@ -7,9 +7,9 @@ import torch
 from pyro import poutine
 
 from pyro_flowvae.errors import DataError
-from pyro_flowvae.likelihoods import build_likelihood
 from pyro_flowvae.models.gpvae import SequenceVAEModel
-from pyro_flowvae.nets import Decoder
+from pyro_flowvae.models.likelihoods import build_likelihood
+from pyro_flowvae.models.nets import Decoder
 from pyro_flowvae.priors.standard_normal import StandardNormalSequencePrior
 
 B, T, D, L = 3, 5, 4, 2

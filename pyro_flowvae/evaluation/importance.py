@@ -20,9 +20,10 @@ from pyro.poutine.util import site_is_subsample
 from pyro.util import check_model_guide_match, check_site_shape
 from torch import Tensor
 
+from pyro_flowvae.data.batching import batch_args
 from pyro_flowvae.errors import FlowVAEError
 
-__all__ = ["ImportanceEstimate", "estimate_log_likelihood", "log_importance_weights"]
+__all__ = ["ImportanceEstimate", "estimate_log_likelihood", "log_importance_weights", "elbo_per_datapoint"]
 
 #: Name of the plate that vectorises over importance samples.
 SAMPLE_PLATE = "_iw_samples"
@@ -423,3 +424,15 @@ def estimate_log_likelihood(
     log_px_t = torch.cat(log_px).to(device)
     k_t = torch.cat(ks).to(device=device, dtype=log_px_t.dtype) if with_k else None
     return ImportanceEstimate(log_px=log_px_t, elbo=torch.cat(elbo).to(device), pareto_k=k_t, num_samples=num_samples)
+
+
+@torch.no_grad()
+def elbo_per_datapoint(vae: Any, x: Any, num_samples: int = 1, batch_size: int = 1000) -> Tensor:
+    """The ELBO of each row of x (a tensor or sequence data), averaged over ``num_samples`` draws of
+    z ~ q(z|x); shape (N,)."""
+    parts = []
+    for start in range(0, x.shape[0], batch_size):
+        chunk = batch_args(x[start : start + batch_size])
+        log_w = log_importance_weights(vae.model, vae.guide, *chunk, num_samples=num_samples)
+        parts.append(log_w.mean(0))
+    return torch.cat(parts)

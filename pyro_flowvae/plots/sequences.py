@@ -10,7 +10,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from pyro_flowvae.plots import save_image_grid
+from pyro_flowvae.plots.images import save_image_grid
 
 __all__ = ["save_imputation_strips", "plot_forecast", "write_sequence_figures"]
 

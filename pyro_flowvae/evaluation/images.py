@@ -1,9 +1,10 @@
-"""Test-set figures: ELBO, importance-sampled log p(x) with Pareto-k, KL per latent dimension, active units."""
+"""Test-set metrics of an image VAE: ELBO, importance-sampled log p(x) with Pareto-k, KL per latent dimension,
+active units."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyro
 import pyro.distributions as dist
@@ -11,27 +12,12 @@ import torch
 from torch import Tensor, nn
 
 from pyro_flowvae.config import EvalConfig
-from pyro_flowvae.infer.importance import ImportanceEstimate, estimate_log_likelihood, log_importance_weights
+from pyro_flowvae.evaluation.importance import ImportanceEstimate
 
-__all__ = ["evaluate", "importance_figures", "latent_statistics", "spread_subset", "batch_args", "elbo_per_datapoint"]
+if TYPE_CHECKING:
+    from pyro_flowvae.infer.distributed import DistInfo
 
-
-def batch_args(batch: Any) -> tuple[Any, ...]:
-    """The arguments model and guide take for a minibatch: ``(x,)`` for a tensor of images, ``batch.args()``
-    (``(x, mask, times)``) for :class:`~pyro_flowvae.data.sequences.SequenceData`."""
-    return (batch,) if isinstance(batch, Tensor) else tuple(batch.args())
-
-
-@torch.no_grad()
-def elbo_per_datapoint(vae: nn.Module, x: Any, num_samples: int = 1, batch_size: int = 1000) -> Tensor:
-    """The ELBO of each row of x (a tensor or sequence data), averaged over ``num_samples`` draws of
-    z ~ q(z|x); shape (N,)."""
-    parts = []
-    for start in range(0, x.shape[0], batch_size):
-        chunk = batch_args(x[start : start + batch_size])
-        log_w = log_importance_weights(vae.model, vae.guide, *chunk, num_samples=num_samples)
-        parts.append(log_w.mean(0))
-    return torch.cat(parts)
+__all__ = ["evaluate", "importance_metrics", "latent_statistics", "spread_subset"]
 
 
 @torch.no_grad()
@@ -81,14 +67,30 @@ def spread_subset(n: int, limit: int | None) -> Tensor:
     return torch.arange(limit) * n // limit
 
 
-def evaluate(vae: nn.Module, x: Tensor, config: EvalConfig, progress: bool = False) -> dict[str, Any]:
+def evaluate(
+    vae: nn.Module,
+    x: Tensor,
+    config: EvalConfig,
+    dist_info: DistInfo | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Score the rows of x (nats per datapoint): the ELBO and log p(x) from the same K importance samples
-    (the ELBO is their mean log weight, log p(x) the log of their mean weight), with standard errors and
-    the share of datapoints whose importance weights have Pareto k > 0.7 (an unreliable log p(x))."""
+    (the ELBO is their mean log weight, log p(x) the log of their mean weight), with standard errors, the share
+    of datapoints whose importance weights have Pareto k > 0.7 (an unreliable log p(x)), the KL per latent
+    dimension and the active units.
+
+    The importance sampling runs chunk by chunk, each chunk seeded from ``seed``
+    (:func:`~pyro_flowvae.infer.distributed.distributed_log_likelihood`), split over the ranks of ``dist_info``
+    when there is a process group: the figures are the same for any number of processes, and every rank returns
+    them. The latent statistics are computed on every rank with the RNG seeded by ``seed``."""
+    from pyro_flowvae.infer.distributed import DistInfo, distributed_log_likelihood, seeded, step_seed
+
+    info = dist_info or DistInfo()
     x = x[spread_subset(x.shape[0], config.test_limit).to(x.device)]
     vae.eval()
     with pyro.validation_enabled(False):
-        estimate = estimate_log_likelihood(
+        estimate = distributed_log_likelihood(
             vae.model,
             vae.guide,
             x,
@@ -96,13 +98,16 @@ def evaluate(vae: nn.Module, x: Tensor, config: EvalConfig, progress: bool = Fal
             sample_chunk=config.sample_chunk,
             data_chunk=config.data_chunk,
             pareto_k=True,
+            seed=seed,
+            dist_info=info,
             progress=progress,
         )
-        latent = latent_statistics(vae, x)
-    return {**importance_figures(estimate), **latent}
+        with seeded(step_seed(seed, 0, 1, "eval"), x.device):
+            latent = latent_statistics(vae, x)
+    return {**importance_metrics(estimate), **latent}
 
 
-def importance_figures(estimate: ImportanceEstimate) -> dict[str, Any]:
+def importance_metrics(estimate: ImportanceEstimate) -> dict[str, Any]:
     """The test figures ``metrics.json`` reports from an importance-sampling estimate (nats per datapoint)."""
     s = estimate.summary()
     k_max = s["pareto_k_max"]

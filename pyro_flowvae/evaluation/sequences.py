@@ -10,11 +10,11 @@ import torch
 from torch import Tensor
 
 from pyro_flowvae.config import EvalConfig
-from pyro_flowvae.gpvae import GPVAE, Imputation
-from pyro_flowvae.infer.evaluate import importance_figures, spread_subset
-from pyro_flowvae.infer.importance import estimate_log_likelihood
+from pyro_flowvae.evaluation.images import importance_metrics, spread_subset
+from pyro_flowvae.evaluation.importance import estimate_log_likelihood
+from pyro_flowvae.models.gpvae import GPVAE, Imputation
 
-__all__ = ["evaluate_sequences", "impute_batches", "imputation_figures", "forecast_figures", "latent_features"]
+__all__ = ["evaluate_sequences", "impute_batches", "imputation_metrics", "forecast_interval_metrics", "latent_features"]
 
 
 @torch.no_grad()
@@ -35,11 +35,11 @@ def impute_batches(vae: GPVAE, data: Any, num_samples: int, batch_size: int = 10
     )
 
 
-def imputation_figures(imputation: Imputation, data: Any) -> dict[str, float]:
+def imputation_metrics(imputation: Imputation, data: Any) -> dict[str, float]:
     r"""On the missing entries only (mask = 0) of data with known ``truth``:
     ``nll`` = :math:`-\frac{1}{|M|}\sum_{(n,t,d) \in M} \log \frac1S \sum_s p(x^{true}_{ntd} \mid z_s)`
     (nats per missing entry, the posterior-predictive density) and ``mse`` of the predictive mean."""
-    from pyro_flowvae.metrics import masked_mse
+    from pyro_flowvae.evaluation.metrics import masked_mse
 
     missing = data.mask == 0
     figures = {"mse": float(masked_mse(imputation.mean, data.truth, missing))}
@@ -55,12 +55,12 @@ def latent_features(vae: GPVAE, data: Any, batch_size: int = 200) -> Tensor:
     return torch.cat(parts)
 
 
-def forecast_figures(samples: Tensor, truth: Tensor, level: float) -> dict[str, Any]:
+def forecast_interval_metrics(samples: Tensor, truth: Tensor, level: float) -> dict[str, Any]:
     """Predictive mean and the ``level`` HDI (arviz) of forecast draws (S, H), scored against ``truth`` (H,):
     RMSE, MAPE (%) and the share of true values inside the interval."""
     import arviz as az
 
-    from pyro_flowvae.metrics import forecast_metrics
+    from pyro_flowvae.evaluation.metrics import forecast_metrics
 
     draws = samples.detach().cpu().double().numpy()
     hdi = az.hdi(draws[None], hdi_prob=level)  # (H, 2) over chain 1 x draws S
@@ -100,7 +100,7 @@ def evaluate_sequences(
             pareto_k=True,
             progress=progress,
         )
-        metrics: dict[str, Any] = importance_figures(estimate)
+        metrics: dict[str, Any] = importance_metrics(estimate)
         if test.truth is None:
             return metrics
         torch.manual_seed(0)
@@ -109,13 +109,13 @@ def evaluate_sequences(
         if horizon:
             metrics.update(_forecast(imputation, test, data, config.level))
             return metrics
-        figures = imputation_figures(imputation, test)
+        figures = imputation_metrics(imputation, test)
         metrics["test_mse_missing"] = figures["mse"]
         metrics["test_nll_missing"] = figures.get("nll")
         metrics["missing_share"] = float((test.mask == 0).float().mean())
         baselines = _imputation_baselines(data, test)
         if test.labels is not None and data.train.labels is not None:
-            from pyro_flowvae.metrics import logistic_regression_auroc
+            from pyro_flowvae.evaluation.metrics import logistic_regression_auroc
 
             train = data.train[:auroc_train]
             metrics["auroc"] = float(
@@ -134,14 +134,14 @@ def evaluate_sequences(
 
 
 def _mean_imputed(train: Any, data: Any) -> Tensor:
-    from pyro_flowvae.baselines import mean_imputation
+    from pyro_flowvae.evaluation.baselines import mean_imputation
 
     return mean_imputation(train, data)
 
 
 def _forward_imputed(train: Any, data: Any) -> Tensor:
     """Last observation carried forward; entries before a feature's first observation get the training mean."""
-    from pyro_flowvae.baselines import forward_imputation
+    from pyro_flowvae.evaluation.baselines import forward_imputation
 
     return forward_imputation(data, _mean_imputed(train, data))
 
@@ -150,7 +150,7 @@ _IMPUTERS = {"mean_imputation": _mean_imputed, "forward_imputation": _forward_im
 
 
 def _imputation_baselines(data: Any, test: Any) -> dict[str, dict[str, float | None]]:
-    from pyro_flowvae.metrics import masked_bernoulli_nll, masked_mse
+    from pyro_flowvae.evaluation.metrics import masked_bernoulli_nll, masked_mse
 
     missing = test.mask == 0
     rows: dict[str, dict[str, float | None]] = {}
@@ -164,15 +164,15 @@ def _imputation_baselines(data: Any, test: Any) -> dict[str, dict[str, float | N
 
 def _forecast(imputation: Imputation, test: Any, data: Any, level: float) -> dict[str, Any]:
     """Forecast figures on the passenger scale for the last test window's masked future steps."""
-    from pyro_flowvae.baselines import sarima_airline, seasonal_naive
     from pyro_flowvae.data.airline import to_passengers
-    from pyro_flowvae.metrics import forecast_metrics
+    from pyro_flowvae.evaluation.baselines import sarima_airline, seasonal_naive
+    from pyro_flowvae.evaluation.metrics import forecast_metrics
 
     horizon = int(data.meta["horizon"])
     meta = data.meta
     draws = to_passengers(imputation.samples[:, -1, -horizon:, 0], meta)  # (S, H) of the last window
     truth = to_passengers(test.truth[-1, -horizon:, 0], meta)
-    figures = forecast_figures(draws, truth, level)
+    figures = forecast_interval_metrics(draws, truth, level)
     series = torch.as_tensor(meta["series"], dtype=torch.float64)
     history = series[:-horizon]
     naive = seasonal_naive(history, horizon)

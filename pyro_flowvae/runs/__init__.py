@@ -1,9 +1,9 @@
-"""Run directories: train, evaluate, sample and compare, as the CLI and the Python API do them."""
+"""Run directories: train, evaluate, sample and compare, as the CLI and the Python API do them; provenance.py says
+what produced a figure."""
 
 from __future__ import annotations
 
 import json
-import platform
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,13 +14,14 @@ import pyro
 import torch
 from torch import nn
 
-from pyro_flowvae.atomic import atomic_write
+from pyro_flowvae._atomic import atomic_write
 from pyro_flowvae.config import Config, GuideConfig, load_config
 from pyro_flowvae.errors import ConfigError, FlowVAEError
 from pyro_flowvae.infer.checkpoint import load_checkpoint
 from pyro_flowvae.infer.distributed import DistInfo, init_distributed, on_main, resolve_device
 from pyro_flowvae.infer.trainer import BEST, CHECKPOINT, Trainer, TrainResult
-from pyro_flowvae.plots import plot_elbo_curve, save_image_grid
+from pyro_flowvae.plots.images import plot_elbo_curve, save_image_grid
+from pyro_flowvae.runs.provenance import cpu_name, machine, versions
 from pyro_flowvae.tasks.images import run_title
 
 __all__ = [
@@ -71,45 +72,6 @@ def load_run_data(config: Config) -> Any:
     return config.task.load_data(config)
 
 
-def cpu_name() -> str:
-    """The CPU model as /proc/cpuinfo names it (else what platform knows)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return cpu
-
-
-def machine() -> str:
-    """One line naming the hardware a figure came from: the GPU(s), or the CPU cores and torch's threads."""
-    import os
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
-    return f"{os.cpu_count()} CPU cores ({cpu_name()}), torch threads {torch.get_num_threads()}, no GPU"
-
-
-def versions() -> dict[str, str]:
-    """Versions of what produced a figure."""
-    import numpy
-    import pyro
-
-    import pyro_flowvae
-
-    return {
-        "pyro_flowvae": pyro_flowvae.__version__,
-        "pyro": pyro.__version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cuda": torch.version.cuda or "none",
-    }
-
-
 def train(
     config: Config | Mapping[str, Any] | str | Path,
     out: str | Path | None = None,
@@ -155,7 +117,7 @@ def train(
         if resume:
             config.save(run_dir / CONFIG_FILE)  # the resumed config may extend train.epochs
         _write_json(run_dir / METRICS_FILE, metrics)
-        _write_figures(run_dir, result.vae, result.history, data, config, metrics)
+        _write_plots(run_dir, result.vae, result.history, data, config, metrics)
 
     if run_dir is not None:
         on_main(write, info)
@@ -381,9 +343,9 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 @torch.no_grad()
-def _write_figures(
+def _write_plots(
     run_dir: Path, vae: nn.Module, history: list[dict[str, Any]], data: Any, config: Config, metrics: dict[str, Any]
 ) -> None:
     if history:
         plot_elbo_curve(history, run_dir / "elbo_curve.png", title=run_title(config))
-    config.task.write_figures(run_dir, vae, data, config, metrics)
+    config.task.write_plots(run_dir, vae, data, config, metrics)

@@ -7,8 +7,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from pyro_flowvae.distributions import BernoulliEvent
 from pyro_flowvae.errors import ConfigError
+from pyro_flowvae.models.distributions import BernoulliEvent
 
 __all__ = [
     "Likelihood",
