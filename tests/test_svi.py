@@ -243,3 +243,47 @@ def test_loss_on_the_device_equals_the_cpu_loss_for_the_same_weights_and_noise(f
             torch.backends.cuda.matmul.allow_tf32 = tf32
     assert loss.device.type == device and loss.shape == (16,)
     assert torch.allclose(loss.double().cpu(), reference, rtol=1e-4, atol=1e-3), (loss, reference)
+
+
+def _gpvae_step_parts():
+    from tests.test_gpvae import gp_config, synthetic_gp_splits
+
+    data = synthetic_gp_splits(n=32)
+    config = gp_config()
+    vae = config.task.build_model(config, config.task.meta(data))
+    return vae, data.train, AnnealedELBO(vae.model, vae.guide, build_elbo(config.train))
+
+
+def test_a_gpvae_loss_and_its_gradient_read_no_tensor_value_on_the_host():
+    """The CPU stand-in for CUDA's sync check: after the first step (which validates the regular times and
+    factorises the GP covariance), the loss and its backward pass never read a value on the host."""
+    from tests.priors.test_gp_prior import _HostReads
+
+    vae, train, loss = _gpvae_step_parts()
+    assert train.regular_times
+    with pyro.validation_enabled(False):
+        loss(*train[:8].args()).backward()  # first step: validation and the Cholesky factor
+        batch = train.index_select(0, torch.tensor([3, 9, 1, 30, 7, 12, 0, 5]))
+        with _HostReads():
+            value = loss(*batch.args())
+            value.backward()
+    assert torch.isfinite(value.detach())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpvae_training_steps_never_synchronise_with_the_host_on_cuda():
+    vae, train, loss = _gpvae_step_parts()
+    vae, train = vae.cuda(), train.to("cuda")
+    params = list(vae.parameters())
+    optimizer = build_optimizer(params, TrainConfig())
+    with pyro.validation_enabled(False):
+        training_step(loss, optimizer, params, train[:8].args(), 10.0)  # validation, factor, optimizer state
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            losses = [
+                training_step(loss, optimizer, params, train.index_select(0, idx).args(), 10.0)
+                for idx in torch.randperm(32, device="cuda").split(8)
+            ]
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(torch.stack(losses)).all()

@@ -125,6 +125,8 @@ class SequenceData:
                     f"times[i, j + 1] <= times[i, j] at (i, j) = {_first_bad(steps <= 0)}; sort the frames of "
                     "each sequence by time and merge frames observed at the same time"
                 )
+        if n > 1 and bool((times == times[:1]).all()):
+            times = times[:1].expand(n, t)  # regular sampling: every row is one shared row (see `regular_times`)
         self.times = times
         if self.truth is not None:
             truth = self.truth
@@ -233,10 +235,20 @@ class SequenceData:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
-    def _select(self, fn: Any) -> SequenceData:
-        return SequenceData._trusted(
-            **{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name)) for f in _FIELDS}
-        )
+    @property
+    def regular_times(self) -> bool:
+        """Whether every sequence has the same time stamps. They are then stored once, ``times`` being a stride-0
+        view of one row that every slice, batch and device copy keeps sharing: a GP prior recognises the same
+        times at every step from the tensor's storage, without reading its values (no host sync on CUDA)."""
+        return self.times.dim() == 2 and self.times.shape[0] > 1 and self.times.stride(0) == 0
+
+    def _select(self, fn: Any, moves: bool = False) -> SequenceData:
+        """Apply ``fn`` to every field; ``moves``: fn keeps the rows (a device copy), else it selects rows."""
+        fields = {f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name)) for f in _FIELDS}
+        if self.regular_times:
+            row = fn(self.times[:1]) if moves else self.times[:1]
+            fields["times"] = row.expand(fields["x"].shape[0], self.times.shape[1])
+        return SequenceData._trusted(**fields)
 
     def __getitem__(self, index: _Index) -> SequenceData:
         """The sequences at ``index``: a slice, an index or bool tensor, a list of ints, or an int.
@@ -268,7 +280,7 @@ class SequenceData:
 
     def to(self, device: torch.device | str) -> SequenceData:
         """A copy with every tensor on ``device``."""
-        return self._select(lambda v: v.to(device))
+        return self._select(lambda v: v.to(device), moves=True)
 
     def args(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(x, mask, times)``: how a GP-VAE's model and guide are called, ``model(*data.args())``."""

@@ -101,6 +101,9 @@ class GPPrior(nn.Module):
             for value in lengthscales
         )
         self._cache: tuple[Tensor, tuple[int, ...], Tensor] | None = None
+        #: (storage key, the factor, the times themselves) of the last regular ``times`` seen (see :meth:`forward`);
+        #: holding the times keeps their storage alive, so no other tensor can reuse its address meanwhile
+        self._regular: tuple[tuple, Tensor, Tensor] | None = None
 
     @staticmethod
     def _lengthscales(latent_dim: int, lengthscale: float | Sequence[float]) -> list[float]:
@@ -131,19 +134,21 @@ class GPPrior(nn.Module):
         return (self.compute_dtype or dtype), dtype
 
     def _apply(self, fn: Callable[[Tensor], Tensor], *args: object, **kwargs: object) -> GPPrior:
-        self._cache = None  # .to(), .cuda(), .double(), ...: the cached factor lives on the old device/dtype
+        self._cache = self._regular = None  # .to(), .cuda(), .double(), ...: the cached factor lives on the old device
         return super()._apply(fn, *args, **kwargs)
 
     def _versions(self) -> tuple[int, ...]:
         return tuple(buffer._version for buffer in self.buffers())
 
-    def _as_rows(self, times: Tensor) -> Tensor:
+    def _as_rows(self, times: Tensor, validate: bool = True) -> Tensor:
         """``times`` as a validated (R, T) tensor on this module's device, in the compute dtype."""
         if not isinstance(times, Tensor):
             raise DataError(f"times must be a torch.Tensor of shape (B, T) or (T,), got {type(times).__name__}")
         if times.dim() not in (1, 2) or times.shape[-1] == 0:
             raise DataError(f"times must have shape (B, T) or (T,) with T >= 1, got shape {tuple(times.shape)}")
         rows = times.to(device=self._reference().device, dtype=self._dtypes()[0]).reshape(-1, times.shape[-1])
+        if not validate:
+            return rows
         where = (lambda r, i: f"row {r}, index {i}") if times.dim() == 2 else (lambda r, i: f"index {i}")
         bad = ~torch.isfinite(rows)
         if bad.any():
@@ -233,8 +238,44 @@ class GPPrior(nn.Module):
         matrices = self._per_channel(self._group_matrices(rows)).to(dtype or self._dtypes()[1])
         return matrices[0] if times.dim() == 1 else matrices
 
+    @staticmethod
+    def _storage_key(times: Tensor) -> tuple:
+        """What identifies a tensor's values without reading them: its storage, view and version."""
+        return (times.untyped_storage().data_ptr(), times.storage_offset(), tuple(times.shape[1:]),
+                tuple(times.stride()[1:]), times._version, times.device, times.dtype)  # fmt: skip
+
+    def _regular_factor(self, times: Tensor) -> Tensor:
+        """The (G, T, T) factor of times (B, T) whose rows are one shared row (stride 0 along B), validated and
+        computed once per row tensor: at later steps only the storage key is compared, on the host."""
+        key = (self._storage_key(times), self._versions())
+        if self._regular is not None and self._regular[0] == key:
+            if not self.learn:
+                return self._regular[1]
+            # learned hyperparameters: the times are known to be valid, the factor is new at every step (its
+            # Cholesky still checks on the host whether it needs more jitter)
+            return self._cholesky(self._group_matrices(self._as_rows(times[:1], validate=False))).to(self._dtypes()[1])[
+                0
+            ]
+        chol = self._factors(self._as_rows(times[:1]))[0]
+        self._regular = (key, chol.detach() if self.learn else chol, times)
+        return chol
+
     def forward(self, times: Tensor) -> dist.TorchDistribution:
-        """p(z | times): batch (B,), event (L, T) for times (B, T); batch (), event (L, T) for times (T,)."""
+        """p(z | times): batch (B,), event (L, T) for times (B, T); batch (), event (L, T) for times (T,).
+
+        Times whose rows are one shared row (stride 0 along B, as
+        :class:`~pyro_flowvae.data.sequences.SequenceData` stores regular sampling) are validated and factorised
+        once and then recognised by their storage: no host-device synchronisation at later steps. Other times
+        are validated and compared row by row at every call."""
+        if times.dim() == 2 and times.shape[0] > 1 and times.stride(0) == 0:
+            chol = self._regular_factor(times)
+            batch, steps = times.shape
+            if self.num_groups == 1:
+                chol = chol[0]
+            if chol.dim() > 2 and chol.shape[-3] != 1:
+                chol = self._per_channel(chol)
+            loc = chol.new_zeros(()).expand(batch, self.latent_dim, steps)
+            return dist.MultivariateNormal(loc, scale_tril=chol).to_event(1)
         rows = self._as_rows(times)
         batch, steps = rows.shape
         if batch == 1 or bool((rows == rows[:1]).all()):

@@ -173,3 +173,17 @@ class TestSplits:
         with pytest.raises(DataError, match=r"frame_shape \(1, 2, 2\) holds 4 values but a frame has D = 3"):
             SequenceSplits("toy", _data(), _data(), _data(), frame_shape=(1, 2, 2))
         assert math.prod(SequenceSplits("toy", _data(), _data(), _data(), frame_shape=(3,)).frame_shape) == 3
+
+
+def test_regular_times_are_stored_once_and_stay_shared_through_slices_batches_and_copies():
+    x = torch.rand(6, 4, 2)
+    regular = SequenceData(x=x, mask=torch.ones_like(x), times=torch.arange(4.0).expand(6, 4).clone())
+    assert regular.regular_times and regular.times.stride(0) == 0
+    base = regular.times.untyped_storage().data_ptr()
+    for part in (regular[1:4], regular.index_select(0, torch.tensor([5, 0, 2])), regular[[1, 3]], regular[2]):
+        assert part.times.untyped_storage().data_ptr() == base and part.times.shape == (len(part), 4)
+        assert torch.equal(part.times, torch.arange(4.0).expand(len(part), 4))
+    moved = regular.to("cpu")
+    assert moved.regular_times and torch.equal(moved.times, regular.times)
+    irregular = SequenceData(x=x, mask=torch.ones_like(x), times=torch.arange(24.0).reshape(6, 4))
+    assert not irregular.regular_times and irregular.index_select(0, torch.tensor([1])).times.tolist() == [[4, 5, 6, 7]]

@@ -454,3 +454,45 @@ def test_bad_lengthscale_lists_and_values_are_config_errors():
         GPPrior(2, "periodic", period=0.0)
     with pytest.raises(ConfigError, match=r"max_jitter .* must be >= jitter"):
         GPPrior(2, jitter=1e-2, max_jitter=1e-3)
+
+
+class _HostReads:
+    """Make every read of a tensor's values on the host raise: what would synchronise with a GPU."""
+
+    NAMES = ("__bool__", "item", "tolist", "__float__", "__int__", "numpy")
+
+    def __enter__(self):
+        self.saved = {name: getattr(torch.Tensor, name) for name in self.NAMES}
+        self.saved_equal = torch.equal
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("a tensor's values were read on the host")
+
+        for name in self.NAMES:
+            setattr(torch.Tensor, name, refuse)
+        torch.equal = refuse
+        return self
+
+    def __exit__(self, *exc):
+        for name, fn in self.saved.items():
+            setattr(torch.Tensor, name, fn)
+        torch.equal = self.saved_equal
+
+
+def test_regular_times_are_factorised_once_and_then_recognised_without_reading_them():
+    prior = GPPrior(4, kernel="cauchy", lengthscale=[1.0, 3.0])
+    row = torch.arange(6.0)[None]
+    shared = row.expand(5, 6)  # what SequenceData keeps for regular sampling
+    z = torch.randn(5, 4, 6)
+    expected = prior(shared.clone()).log_prob(z)  # the general path, rows compared on the host
+    first = prior(shared).log_prob(z)
+    torch.testing.assert_close(first, expected)
+    with _HostReads(), pyro.validation_enabled(False):  # as the trainer runs: no per-step support checks
+        again = prior(shared[:3]).log_prob(z[:3])  # another batch of the same rows: no value is read
+    torch.testing.assert_close(again, expected[:3])
+    with _HostReads(), pyro.validation_enabled(False), pytest.raises(AssertionError, match="read on the host"):
+        prior(shared.clone())  # materialised rows: compared by value, as before
+    with torch.no_grad():
+        row.mul_(2.0)  # new values in place: the version changes, so the factor is recomputed
+    torch.testing.assert_close(prior(shared).log_prob(z), prior(shared.clone()).log_prob(z))
+    assert not torch.allclose(prior(shared).log_prob(z), expected)
