@@ -16,7 +16,13 @@ from pyro_flowvae.data.load import DATASETS
 from pyro_flowvae.data.series import SEQUENCE_LOADERS
 from pyro_flowvae.data.splits import BINARIZE_MODES
 from pyro_flowvae.errors import ConfigError
+from pyro_flowvae.guides.sequence import COVARIANCES
+from pyro_flowvae.infer.distributed import BACKENDS, DEVICES
 from pyro_flowvae.infer.optim import LR_SCHEDULES, OPTIMIZERS
+from pyro_flowvae.infer.svi import ELBOS as ELBO_REGISTRY
+from pyro_flowvae.models.likelihoods import LIKELIHOODS as LIKELIHOOD_REGISTRY
+from pyro_flowvae.models.nets import ACTIVATIONS as ACTIVATION_REGISTRY
+from pyro_flowvae.priors import PRIORS as PRIOR_REGISTRY
 
 if TYPE_CHECKING:
     from pyro_flowvae.tasks import Task
@@ -42,14 +48,11 @@ __all__ = [
     "describe_config",
 ]
 
-LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
+LIKELIHOODS = tuple(LIKELIHOOD_REGISTRY)
 DATASET_NAMES = DATASETS + tuple(SEQUENCE_LOADERS)
-ELBOS = ("trace", "mean_field", "jit")
-DEVICES = ("auto", "cpu", "cuda")
-ACTIVATIONS = ("relu", "elu", "softplus", "tanh", "gelu")
-PRIORS = ("standard_normal", "gp")
-COVARIANCES = ("diagonal", "banded")
-BACKENDS = ("auto", "gloo", "nccl")
+ELBOS = tuple(ELBO_REGISTRY)
+ACTIVATIONS = tuple(ACTIVATION_REGISTRY)
+PRIORS = tuple(PRIOR_REGISTRY)
 
 
 def _doc(text: str, **extra: Any) -> dict[str, Any]:

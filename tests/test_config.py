@@ -163,14 +163,27 @@ def test_a_key_the_task_would_ignore_is_an_error_that_names_it(overrides, messag
 def test_every_choice_list_comes_from_its_registry():
     from dataclasses import fields
 
-    from pyro_flowvae.config import DataConfig, TrainConfig
+    from pyro_flowvae.config import Config
+    from pyro_flowvae.guides.sequence import COVARIANCES
+    from pyro_flowvae.infer.distributed import BACKENDS, DEVICES
     from pyro_flowvae.infer.optim import LR_SCHEDULES, OPTIMIZERS
+    from pyro_flowvae.infer.svi import ELBOS
+    from pyro_flowvae.models.likelihoods import LIKELIHOODS
+    from pyro_flowvae.models.nets import ACTIVATIONS
+    from pyro_flowvae.priors import PRIORS
     from pyro_flowvae.tasks import TASKS
 
-    def choices(cls, name):
-        return next(f for f in fields(cls) if f.name == name).metadata["choices"]
-
-    assert set(choices(DataConfig, "name")) == set(TASKS)
-    assert choices(TrainConfig, "optimizer") == tuple(OPTIMIZERS)
-    assert choices(TrainConfig, "lr_schedule") == LR_SCHEDULES
+    registries = {
+        "data.name": TASKS, "train.optimizer": OPTIMIZERS, "train.lr_schedule": LR_SCHEDULES, "train.elbo": ELBOS,
+        "train.device": DEVICES, "model.likelihood": LIKELIHOODS, "model.activation": ACTIVATIONS,
+        "model.prior": PRIORS, "guide.covariance": COVARIANCES, "distributed.backend": BACKENDS,
+    }  # fmt: skip
+    listed = {}
+    for section in fields(Config):
+        for f in fields(section.default_factory()):
+            if "choices" in f.metadata:
+                listed[f"{section.name}.{f.name}"] = tuple(f.metadata["choices"])
+    assert set(listed) == set(registries) | {"data.binarize"}  # every choice list is accounted for
+    for key, registry in registries.items():
+        assert listed[key] == tuple(registry), key
     assert {TASKS[name].name for name in TASKS} == {"image", "sequence"}

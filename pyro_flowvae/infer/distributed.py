@@ -28,6 +28,7 @@ from pyro_flowvae.evaluation.importance import (
 
 __all__ = [
     "BACKENDS",
+    "DEVICES",
     "DEFAULT_TIMEOUT_S",
     "DistInfo",
     "DistributedError",
@@ -51,6 +52,8 @@ __all__ = [
 
 T = TypeVar("T")
 BACKENDS = ("auto", "gloo", "nccl")
+#: ``train.device``: ``auto`` is CUDA when available (:func:`resolve_device`)
+DEVICES = ("auto", "cpu", "cuda")
 #: seconds a collective may wait for the other ranks before it fails (torch's own default is 10 to 30 minutes)
 DEFAULT_TIMEOUT_S = 600.0
 #: the random streams of :func:`step_seed`, each seeded independently

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyro.infer import ELBO, JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.elbo import ELBOModule
@@ -11,10 +11,12 @@ from pyro.infer.util import is_identically_zero
 from pyro.poutine.trace_struct import Trace
 from torch import Tensor, nn
 
-from pyro_flowvae.config import TrainConfig
 from pyro_flowvae.infer.annealing import ScaleLatents
 
-__all__ = ["build_elbo", "DeviceTrace_ELBO", "AnnealedELBO"]
+if TYPE_CHECKING:
+    from pyro_flowvae.config import TrainConfig
+
+__all__ = ["ELBOS", "build_elbo", "DeviceTrace_ELBO", "AnnealedELBO"]
 
 
 class DeviceTrace_ELBO(Trace_ELBO):
@@ -65,13 +67,14 @@ def _loss_and_surrogate(model_trace: Trace, guide_trace: Trace) -> tuple[Tensor,
     return -elbo, -surrogate
 
 
-_ELBOS: dict[str, type[ELBO]] = {"trace": DeviceTrace_ELBO, "mean_field": TraceMeanField_ELBO, "jit": JitTrace_ELBO}
+#: ``train.elbo``: Trace_ELBO (computed on the device), TraceMeanField_ELBO, JitTrace_ELBO
+ELBOS: dict[str, type[ELBO]] = {"trace": DeviceTrace_ELBO, "mean_field": TraceMeanField_ELBO, "jit": JitTrace_ELBO}
 
 
 def build_elbo(train: TrainConfig, name: str | None = None, max_plate_nesting: int = 1) -> ELBO:
     """``Trace_ELBO`` (as :class:`DeviceTrace_ELBO`), ``TraceMeanField_ELBO`` or ``JitTrace_ELBO`` with the
     configured particles."""
-    cls = _ELBOS[name or train.elbo]
+    cls = ELBOS[name or train.elbo]
     kwargs: dict[str, Any] = {
         "num_particles": train.num_particles,
         "vectorize_particles": train.vectorize_particles and train.num_particles > 1,

@@ -10,7 +10,11 @@ from pyro_flowvae.priors.kernels import (
 )
 from pyro_flowvae.priors.standard_normal import StandardNormalPrior, StandardNormalSequencePrior, build_prior
 
+#: ``model.prior``: N(0, I) (images; the frame-wise sequence VAE), or a GP over time per latent channel (sequences)
+PRIORS = {"standard_normal": StandardNormalPrior, "gp": GPPrior}
+
 __all__ = [
+    "PRIORS",
     "GPPrior",
     "KERNELS",
     "StandardNormalPrior",
