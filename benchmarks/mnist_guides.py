@@ -33,6 +33,7 @@ def main(args: argparse.Namespace) -> dict:
         command = (
             f"python benchmarks/mnist_guides.py --data-root DATA --epochs {args.epochs} --iw-samples {args.iw_samples}"
         )
+    comparison["config"]["data"]["root"] = "DATA"  # the machine's own path stays out of the committed results
     result = {"machine": machine(), "command": command, **comparison}
     device = comparison["rows"][0]["device"].split(":")[0]
     if not args.smoke:

@@ -54,7 +54,8 @@ def iw_curve_block() -> str:
     for path in sorted(RESULTS.glob("iw_curve_*.json")):
         data = json.loads(path.read_text())
         lines = [
-            f"The {data['guide']} run above, its first {data['num_test']} test images, scored with growing K "
+            f"An {data['guide']} run of the config above (trained on the previous training loop), its first "
+            f"{data['num_test']} test images, scored with growing K "
             f"(`{path.relative_to(ROOT)}`, `{data['command']}`):",
             "",
             "| K | log p(x) (IWAE bound) | ELBO, same samples | Pareto k > 0.7 |",
