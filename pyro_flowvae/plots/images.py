@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.utils import save_image
 
-__all__ = ["plot_elbo_curve", "plot_kl_per_dim", "save_image_grid", "interleave"]
+__all__ = ["plot_elbo_curve", "plot_kl_per_dim", "save_image_grid", "interleave", "run_title"]
 
 
 def plot_elbo_curve(history: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> None:
@@ -57,3 +57,8 @@ def save_image_grid(images: Tensor, image_shape: Sequence[int], path: str | Path
 def interleave(a: Tensor, b: Tensor) -> Tensor:
     """Rows a0, b0, a1, b1, ...: originals beside their reconstructions."""
     return torch.stack([a, b], dim=1).reshape(-1, *a.shape[1:])
+
+
+def run_title(config: Any) -> str:
+    """The title of a run's plots: guide, latent dimension and data set."""
+    return f"{config.guide.flow} guide, latent {config.model.latent_dim}, {config.data.name}"

@@ -20,9 +20,8 @@ from pyro_flowvae.errors import ConfigError, FlowVAEError
 from pyro_flowvae.infer.checkpoint import load_checkpoint
 from pyro_flowvae.infer.distributed import DistInfo, init_distributed, on_main, resolve_device
 from pyro_flowvae.infer.trainer import BEST, CHECKPOINT, Trainer, TrainResult
-from pyro_flowvae.plots.images import plot_elbo_curve, save_image_grid
+from pyro_flowvae.plots.images import plot_elbo_curve, run_title, save_image_grid
 from pyro_flowvae.runs.provenance import cpu_name, machine, versions
-from pyro_flowvae.tasks.images import run_title
 
 __all__ = [
     "RunResult",

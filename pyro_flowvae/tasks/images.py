@@ -86,7 +86,7 @@ class ImageTask(Task):
 
     @torch.no_grad()
     def write_plots(self, run_dir: Path, vae: nn.Module, data: Any, config: Config, metrics: dict[str, Any]) -> None:
-        from pyro_flowvae.plots.images import interleave, plot_kl_per_dim, save_image_grid
+        from pyro_flowvae.plots.images import interleave, plot_kl_per_dim, run_title, save_image_grid
 
         plot_kl_per_dim(
             metrics["kl_per_dim"],
@@ -104,11 +104,6 @@ class ImageTask(Task):
 
     def sample(self, vae: nn.Module, num: int, meta: dict[str, Any]) -> Tensor:
         return vae.generate(num)
-
-
-def run_title(config: Config) -> str:
-    """The title of a run's plots."""
-    return f"{config.guide.flow} guide, latent {config.model.latent_dim}, {config.data.name}"
 
 
 IMAGES = register_task(ImageTask())
