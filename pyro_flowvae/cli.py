@@ -103,10 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prefix}pyro-flowvae {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            "interrupted; the last finished epoch's checkpoint is intact (resume with --resume)",
-            file=sys.stderr,
-        )
+        print(f"{prefix}pyro-flowvae {args.command}: {_interrupted_message(args)}", file=sys.stderr)
         return 130
     finally:
         from pyro_flowvae.infer.distributed import cleanup
@@ -147,6 +144,21 @@ def _run(args: argparse.Namespace) -> int:
         print(runs.format_table(rows))
         return 0
     raise AssertionError(args.command)
+
+
+def _interrupted_message(args: argparse.Namespace) -> str:
+    """What an interrupted command left behind, and how to go on: only what is there."""
+    if args.command != "train":
+        return "interrupted"
+    from pathlib import Path
+
+    out = Path(args.out)
+    if (out / "checkpoint.pt").is_file():
+        return (
+            f"interrupted; the checkpoint of the last finished epoch, {out / 'checkpoint.pt'}, is intact: continue "
+            f"with pyro-flowvae train {out / 'config.toml'} --out {out} --resume"
+        )
+    return f"interrupted before the first epoch finished, so {out} holds no checkpoint; start the run again"
 
 
 def _print_metrics(metrics: dict) -> None:

@@ -228,3 +228,41 @@ def test_gaussian_likelihood_on_real_valued_user_data(tmp_path):
     history = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert history[-1]["valid_elbo"] > history[0]["valid_elbo"]
     assert not (run / "samples.png").exists()  # no image shape for (N, 8) arrays: no image grids
+
+
+def test_ctrl_c_says_only_what_is_there(tmp_path, image_npz, capsys, monkeypatch):
+    """Interrupted in the first epoch: no checkpoint exists, and the message must not promise one."""
+    from pyro_flowvae import runs
+
+    config = write_config(tmp_path, image_npz, {"train.epochs": 1})
+    out = tmp_path / "run"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runs, "train", interrupted)
+        assert main(["train", str(config), "--out", str(out), "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert "holds no checkpoint; start the run again" in err and "intact" not in err
+    assert main(["train", str(config), "--out", str(out), "--quiet"]) == 0  # one finished epoch
+    capsys.readouterr()
+    monkeypatch.setattr(runs, "train", interrupted)
+    assert main(["train", str(out / "config.toml"), "--out", str(out), "--resume", "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert f"{out / 'checkpoint.pt'}, is intact: continue with pyro-flowvae train" in err and "--resume" in err
+
+
+@pytest.mark.parametrize(
+    ("guides", "message"),
+    [
+        ("", r"--guides names no guide; give at least one"),
+        ("planar:3,iaf,planar:3", r"'planar:3' and 'planar:3' are the same guide"),
+    ],
+)
+def test_compare_refuses_an_empty_or_repeated_guide_list(tmp_path, image_npz, capsys, guides, message):
+    config = write_config(tmp_path, image_npz)
+    out = tmp_path / "cmp"
+    assert main(["compare", str(config), "--guides", guides, "--out", str(out), "--quiet"]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not out.exists()

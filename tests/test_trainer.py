@@ -192,3 +192,38 @@ def test_resuming_on_data_of_another_width_names_the_difference(tmp_path):
     make_binary_npz(npz, dim=10)  # the file at data.path changed under the run
     with pytest.raises(CheckpointError, match=r"another shape:\n  data_dim: checkpoint has 12, the data have 10"):
         runs.train(runs.as_config(config, ["train.epochs=2"]), tmp_path / "run", resume=True)
+
+
+def test_a_non_finite_validation_elbo_stops_the_run_and_keeps_the_last_finite_checkpoint(
+    tmp_path, tiny_npz, monkeypatch
+):
+    """Training losses can stay finite while the model gives the validation data probability 0: the run stops
+    after that epoch, the checkpoint kept is the last finite one, and the CLI exits non-zero."""
+    from pyro_flowvae.cli import main
+    from pyro_flowvae.models.nets import Decoder
+
+    original = Decoder.forward
+    evaluations = {"n": 0}
+
+    def broken_in_the_second_validation(self, z):
+        out = original(self, z)
+        if not self.training:
+            evaluations["n"] += 1
+            if evaluations["n"] == 2:  # the validation after epoch 2 (one pass over the 40 rows)
+                return out * float("inf")
+        return out
+
+    monkeypatch.setattr(Decoder, "forward", broken_in_the_second_validation)
+    config = tiny_config(tiny_npz, {"train.epochs": 3})
+    stopped = r"the validation ELBO became (nan|-inf) after epoch 2 .*checkpoint\.pt, is intact"
+    with pytest.raises(TrainingDivergedError, match=stopped):
+        runs.train(config, tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["run_state"]["epoch"] == 1 and math.isfinite(state["run_state"]["history"][-1]["valid_elbo"])
+    evaluations["n"] = 1  # the next validation is broken: the first epoch of a new run
+    import tomli_w
+
+    path = tmp_path / "c.toml"
+    path.write_text(tomli_w.dumps(config))
+    assert main(["train", str(path), "--out", str(tmp_path / "never"), "--quiet"]) == 2
+    assert not (tmp_path / "never" / "checkpoint.pt").exists() and not (tmp_path / "never" / "best.pt").exists()

@@ -249,6 +249,8 @@ def parse_guide_specs(specs: Sequence[str], base: Config) -> list[Config]:
     ``guide.num_flows``) swapped; a flow without K keeps the base config's K, or the default when that is 0."""
     from pyro_flowvae.flows import FLOWS
 
+    if not specs:
+        raise ConfigError("--guides names no guide; give at least one, e.g. --guides mean_field,planar:16,iaf:2")
     configs = []
     for spec in specs:
         name, _, count = spec.partition(":")
@@ -262,6 +264,15 @@ def parse_guide_specs(specs: Sequence[str], base: Config) -> list[Config]:
         elif name != "mean_field" and base.guide.num_flows == 0:
             overrides["guide.num_flows"] = GuideConfig().num_flows
         configs.append(base.with_overrides(overrides))
+    seen: dict[tuple[str, int], str] = {}
+    for spec, cfg in zip(specs, configs):
+        key = (cfg.guide.flow, cfg.guide.num_flows if cfg.guide.flow != "mean_field" else 0)
+        if key in seen:
+            raise ConfigError(
+                f"--guides entries {seen[key]!r} and {spec!r} are the same guide ({key[0]}, K={key[1]}); name each "
+                "guide once"
+            )
+        seen[key] = spec
     return configs
 
 
