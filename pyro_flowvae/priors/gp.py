@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -100,6 +99,8 @@ class GPPrior(nn.Module):
             build_kernel(kernel, lengthscale=value, variance=variance, period=period, learn=learn)
             for value in lengthscales
         )
+        # the module's dtype and device (.to(), .double()), apart from its hyperparameters, which are float64
+        self.register_buffer("_dtype_anchor", torch.zeros(()), persistent=False)
         self._cache: tuple[Tensor, tuple[int, ...], Tensor] | None = None
         #: (storage key, the factor, the times themselves) of the last regular ``times`` seen (see :meth:`forward`);
         #: holding the times keeps their storage alive, so no other tensor can reuse its address meanwhile
@@ -126,7 +127,7 @@ class GPPrior(nn.Module):
     # helpers
 
     def _reference(self) -> Tensor:
-        return next(itertools.chain(self.parameters(), self.buffers()))
+        return self._dtype_anchor
 
     def _dtypes(self) -> tuple[torch.dtype, torch.dtype]:
         """(dtype of the kernel matrices and their Cholesky factors, dtype of the returned distribution)."""

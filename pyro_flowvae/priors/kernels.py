@@ -89,9 +89,11 @@ def parse_kernel_expr(expr: str) -> list[list[str]]:
 
 
 def _positive(name: str, value: float) -> Tensor:
+    """The hyperparameter as a float64 scalar: a length scale of 0.7 stays 0.7 (float32 would store 0.699999988).
+    A 0-dim tensor does not promote a float32 computation, so a prior computing in float32 still does."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"kernel {name} must be a finite number > 0, got {value!r}; pass e.g. {name}=1.0")
-    return torch.tensor(float(value))
+    return torch.tensor(float(value), dtype=torch.float64)
 
 
 def _freeze(kernel: gpk.Kernel, name: str, value: Tensor) -> None:
@@ -145,9 +147,9 @@ def build_kernel(
     for factors in terms:
         product = None
         for position, name in enumerate(factors):
-            exact = {**tensors, "scale_mixture": torch.ones(())}
+            exact = {**tensors, "scale_mixture": torch.ones((), dtype=torch.float64)}
             if position > 0:
-                exact["variance"] = torch.ones(())
+                exact["variance"] = torch.ones((), dtype=torch.float64)
             kernel = _BUILDERS[name](exact["variance"].clone(), exact["lengthscale"].clone(), exact["period"].clone())
             fixed = set(_ALWAYS_FIXED.get(name, ()))
             if position > 0:

@@ -337,7 +337,9 @@ def test_each_learned_hyperparameter_gets_one_store_entry_and_one_update_per_ste
     for name, param in prior.named_parameters():
         assert store._params[f"prior$$${name}"] is param
         # Adam's first step moves every coordinate by lr * sign(grad): a second update would move it by 2 lr
-        torch.testing.assert_close((param.detach() - start[name]).abs(), torch.tensor(lr), rtol=1e-3, atol=0)
+        torch.testing.assert_close(
+            (param.detach() - start[name]).abs(), torch.tensor(lr, dtype=param.dtype), rtol=1e-3, atol=0
+        )
     # the product's second variance and the fixed hyperparameters are buffers, not parameters
     assert sorted(start) == [
         "kernels.0.kern0.lengthscale_unconstrained",
@@ -496,3 +498,30 @@ def test_regular_times_are_factorised_once_and_then_recognised_without_reading_t
         row.mul_(2.0)  # new values in place: the version changes, so the factor is recomputed
     torch.testing.assert_close(prior(shared).log_prob(z), prior(shared.clone()).log_prob(z))
     assert not torch.allclose(prior(shared).log_prob(z), expected)
+
+
+@pytest.mark.parametrize("learn", [False, True])
+def test_hyperparameters_keep_their_precision_in_float64(learn):
+    """A length scale of 0.7 is 0.7, not float32's 0.699999988: GPPrior.log_prob in float64 equals a
+    MultivariateNormal built from the same RBF kernel written out in float64, to 1e-10."""
+    prior = GPPrior(1, kernel="rbf", lengthscale=0.7, variance=1.3, jitter=1e-4, learn=learn).double()
+    times = torch.linspace(0.0, 3.0, 12, dtype=torch.float64)
+    d = times[:, None] - times[None]
+    k = 1.3 * torch.exp(-0.5 * d**2 / 0.7**2) + 1e-4 * torch.eye(12, dtype=torch.float64)
+    expected = torch.distributions.MultivariateNormal(torch.zeros(12, dtype=torch.float64), covariance_matrix=k)
+    torch.manual_seed(0)
+    z = expected.sample((5,))[:, None]  # typical draws: log p(z) of order 10, where float32's 0.699999988 shows
+    ours = prior(times.expand(5, 12).clone()).log_prob(z)
+    assert ours.dtype == torch.float64
+    torch.testing.assert_close(ours, expected.log_prob(z[:, 0]), rtol=0, atol=1e-10)
+    hyper = prior.hyperparameters()
+    assert float(hyper["kernels.0.lengthscale"]) == 0.7 or learn  # learned: exp(log 0.7), within 1 ulp
+    assert abs(float(hyper["kernels.0.lengthscale"]) - 0.7) < 1e-15
+
+
+def test_a_float32_prior_still_computes_and_returns_float32():
+    prior = GPPrior(2, kernel="cauchy", lengthscale=0.7, compute_dtype=None)
+    distribution = prior(torch.arange(5.0))
+    assert (
+        distribution.sample().dtype == torch.float32 and distribution.log_prob(torch.zeros(2, 5)).dtype == torch.float32
+    )
