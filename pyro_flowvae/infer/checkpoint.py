@@ -11,7 +11,7 @@ from pyro_flowvae._atomic import atomic_write
 from pyro_flowvae.config import Config, config_diff
 from pyro_flowvae.errors import CheckpointError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "RESUMABLE_KEYS", "FORMAT_VERSION"]
+__all__ = ["save_checkpoint", "load_checkpoint", "check_data_shape", "RESUMABLE_KEYS", "FORMAT_VERSION"]
 
 #: 2: torch.optim optimizer state, a RunState, no RNG state (the noise is seeded per step); 1: pyro.optim state
 FORMAT_VERSION = 2
@@ -69,11 +69,14 @@ def load_checkpoint(
                 "resume with the run's own config (RUN_DIR/config.toml) or start a new run directory"
             )
     if meta is not None:
-        differs = {k: (state.get(k), v) for k, v in meta.items() if state.get(k) != v}
-        if differs:
-            lines = "\n".join(f"  {k}: checkpoint has {a!r}, the data have {b!r}" for k, (a, b) in differs.items())
-            raise CheckpointError(
-                f"checkpoint {path} was trained on data of another shape:\n{lines}\n"
-                "resume with the data the run was trained on, or start a new run directory"
-            )
+        check_data_shape(state, meta, path, "resume with the data the run was trained on, or start a new run directory")
     return state
+
+
+def check_data_shape(state: dict[str, Any], meta: dict[str, Any], path: str | Path, fix: str) -> None:
+    """Raise :class:`CheckpointError` naming every key of ``meta`` (the data's dimension and shape) in which the
+    checkpoint ``state`` differs, and ``fix``."""
+    differs = {k: (state.get(k), v) for k, v in meta.items() if state.get(k) != v}
+    if differs:
+        lines = "\n".join(f"  {k}: checkpoint has {a!r}, the data have {b!r}" for k, (a, b) in differs.items())
+        raise CheckpointError(f"checkpoint {path} was trained on data of another shape:\n{lines}\n{fix}")

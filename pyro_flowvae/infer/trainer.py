@@ -276,7 +276,9 @@ class Trainer:
                     for offset, (value, size) in enumerate(zip(losses, pending_sizes)):
                         if not math.isfinite(value):
                             bar.close()
-                            self._diverged(epoch, first_pending_step + offset, value, beta)
+                            self._diverged(
+                                "the loss", value, f"at epoch {epoch}, step {first_pending_step + offset}", beta
+                            )
                         epoch_loss += value
                         epoch_seen += size
                     bar.update(len(losses))
@@ -295,7 +297,7 @@ class Trainer:
                 valid = distributed_elbo(vae, self.valid_data, cfg.eval.valid_samples, train.seed, info, epoch=epoch)
             valid_elbo = float(valid.mean())
             if not math.isfinite(valid_elbo):  # stop before this epoch's weights replace the last finite checkpoint
-                self._diverged(epoch, steps_per_epoch, valid_elbo, beta, what="the validation ELBO")
+                self._diverged("the validation ELBO", valid_elbo, f"after epoch {epoch}", beta)
             # the slowest rank sets the pace: every rank reports its time
             seconds = float(all_reduce(torch.tensor([epoch_seconds], dtype=torch.float64), info, dist.ReduceOp.MAX))
             self._where["phase"] = "the check that ranks agree"
@@ -390,9 +392,8 @@ class Trainer:
             return "no epoch had finished, so there is no checkpoint"
         return "there is no run directory, so nothing was saved"
 
-    def _diverged(self, epoch: int, step: int, value: float, beta: float, what: str = "the loss") -> None:
+    def _diverged(self, what: str, value: float, at: str, beta: float) -> None:
         ranks = f"; summed over the {self.info.world_size} ranks" if self.info.distributed else ""
-        at = f"after epoch {epoch}" if what != "the loss" else f"at epoch {epoch}, step {step}"
         raise TrainingDivergedError(
             f"{what} became {value} {at} (KL weight {beta:.3g}{ranks}); {self._kept()}. "
             "Try a smaller train.lr, a train.clip_norm, a longer train.kl_warmup_epochs, or fewer flows"

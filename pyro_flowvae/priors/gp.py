@@ -246,20 +246,17 @@ class GPPrior(nn.Module):
                 tuple(times.stride()[1:]), times._version, times.device, times.dtype)  # fmt: skip
 
     def _regular_factor(self, times: Tensor) -> Tensor:
-        """The (G, T, T) factor of times (B, T) whose rows are one shared row (stride 0 along B), validated and
-        computed once per row tensor: at later steps only the storage key is compared, on the host."""
+        """The (G, T, T) factor of times (B, T) whose rows are one shared row (stride 0 along B). The row is
+        validated once per row tensor; at later steps only its storage key is compared, on the host, and the
+        factor is reused (recomputed, without the validation, when the hyperparameters are learned)."""
         key = (self._storage_key(times), self._versions())
-        if self._regular is not None and self._regular[0] == key:
-            if not self.learn:
-                return self._regular[1]
-            # learned hyperparameters: the times are known to be valid, the factor is new at every step (its
-            # Cholesky still checks on the host whether it needs more jitter)
-            return self._cholesky(self._group_matrices(self._as_rows(times[:1], validate=False))).to(self._dtypes()[1])[
-                0
-            ]
-        chol = self._factors(self._as_rows(times[:1]))[0]
-        self._regular = (key, chol.detach() if self.learn else chol, times)
-        return chol
+        if self._regular is None or self._regular[0] != key:
+            chol = self._factors(self._as_rows(times[:1]))[0]
+            self._regular = (key, chol, times)
+            return chol
+        if self.learn:  # the Cholesky still asks the host whether it needs more jitter
+            return self._factors(self._as_rows(times[:1], validate=False))[0]
+        return self._regular[1]
 
     def forward(self, times: Tensor) -> dist.TorchDistribution:
         """p(z | times): batch (B,), event (L, T) for times (B, T); batch (), event (L, T) for times (T,).
@@ -269,23 +266,20 @@ class GPPrior(nn.Module):
         once and then recognised by their storage: no host-device synchronisation at later steps. Other times
         are validated and compared row by row at every call."""
         if times.dim() == 2 and times.shape[0] > 1 and times.stride(0) == 0:
-            chol = self._regular_factor(times)
             batch, steps = times.shape
+            chol = self._regular_factor(times)  # (G, T, T), broadcast over the batch without a copy
             if self.num_groups == 1:
                 chol = chol[0]
-            if chol.dim() > 2 and chol.shape[-3] != 1:
-                chol = self._per_channel(chol)
-            loc = chol.new_zeros(()).expand(batch, self.latent_dim, steps)
-            return dist.MultivariateNormal(loc, scale_tril=chol).to_event(1)
-        rows = self._as_rows(times)
-        batch, steps = rows.shape
-        if batch == 1 or bool((rows == rows[:1]).all()):
-            chol = self._factors(rows[:1])[0]  # (G, T, T), broadcast over the batch without a copy
-            if self.num_groups == 1:
-                chol = chol[0]  # (T, T): the MVN broadcasts it over (B, L)
         else:
-            distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)
-            chol = self._factors(distinct)[inverse]  # (B, G, T, T); G = 1 broadcasts over L
+            rows = self._as_rows(times)
+            batch, steps = rows.shape
+            if batch == 1 or bool((rows == rows[:1]).all()):
+                chol = self._factors(rows[:1])[0]  # (G, T, T), broadcast over the batch without a copy
+                if self.num_groups == 1:
+                    chol = chol[0]  # (T, T): the MVN broadcasts it over (B, L)
+            else:
+                distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)
+                chol = self._factors(distinct)[inverse]  # (B, G, T, T); G = 1 broadcasts over L
         if chol.dim() > 2 and chol.shape[-3] != 1:
             chol = self._per_channel(chol)
         batch_shape = (self.latent_dim,) if times.dim() == 1 else (batch, self.latent_dim)

@@ -17,7 +17,7 @@ from torch import nn
 from pyro_flowvae._atomic import atomic_write
 from pyro_flowvae.config import Config, GuideConfig, load_config
 from pyro_flowvae.errors import ConfigError, FlowVAEError
-from pyro_flowvae.infer.checkpoint import load_checkpoint
+from pyro_flowvae.infer.checkpoint import check_data_shape, load_checkpoint
 from pyro_flowvae.infer.distributed import DistInfo, init_distributed, on_main, resolve_device
 from pyro_flowvae.infer.trainer import BEST, CHECKPOINT, Trainer, TrainResult
 from pyro_flowvae.plots.images import plot_elbo_curve, run_title, save_image_grid
@@ -46,7 +46,7 @@ METRICS_FILE = "metrics.json"
 
 @dataclass
 class RunResult:
-    """A trained run: its directory (if any), figures and the trained model."""
+    """A trained run: its directory (if any), metrics and the trained model."""
 
     run_dir: Path | None
     metrics: dict[str, Any]
@@ -84,7 +84,7 @@ def train(
     ``config.toml`` (resolved), ``checkpoint.pt`` (last epoch), ``best.pt`` (best validation ELBO),
     ``log.jsonl`` (one line per epoch), ``elbo_curve.png``, the task's plots (``samples.png`` and
     ``reconstructions.png`` for images, imputations or the forecast for sequences) and ``metrics.json`` (nats
-    per datapoint; the test figures use the best-validation weights). Under torchrun every process runs this
+    per datapoint; the test metrics use the best-validation weights). Under torchrun every process runs this
     same function: the processes train data-parallel and rank 0 writes the run directory.
     """
     config = as_config(config, overrides)
@@ -107,8 +107,7 @@ def train(
         data = on_main(lambda: task.load_data(config), info) or task.load_data(config)
     result = fit_model(config, data, run_dir, info, resume=resume, on_epoch=report)
     progress = verbose and info.is_main and config.train.progress and sys.stderr.isatty()
-    figures = task.evaluate(result.vae, data, config, info, progress=progress)
-    metrics = _run_metrics(figures, result, config, data)
+    metrics = _run_metrics(task.evaluate(result.vae, data, config, info, progress=progress), result, config, data)
     if info.distributed:
         metrics["world_size"] = info.world_size
 
@@ -154,9 +153,9 @@ def fit_model(
     return trainer.fit(resume=resume)
 
 
-def _run_metrics(figures: dict[str, Any], result: Any, config: Config, data: Any) -> dict[str, Any]:
+def _run_metrics(test_metrics: dict[str, Any], result: Any, config: Config, data: Any) -> dict[str, Any]:
     return {
-        **figures,
+        **test_metrics,
         "valid_elbo_best": result.best_valid_elbo,
         "best_epoch": result.best_epoch,
         "epochs": len(result.history),
@@ -209,15 +208,11 @@ def evaluate_run(
     task = config.task
     data = task.load_data(config)
     task.check_data(config, data)
-    if differs := {k: (v, state.get(k)) for k, v in task.meta(data).items() if state.get(k) != v}:
-        lines = ", ".join(f"{k} {a!r} (the model has {b!r})" for k, (a, b) in differs.items())
-        raise FlowVAEError(
-            f"the data {config.data.name!r} now have {lines}; score the run on the data it was trained on"
-        )
-    figures = task.evaluate(vae, data, config, DistInfo(device=next(vae.parameters()).device), progress=verbose)
+    check_data_shape(state, task.meta(data), run_dir, "score the run on the data it was trained on")
+    test_metrics = task.evaluate(vae, data, config, DistInfo(device=next(vae.parameters()).device), progress=verbose)
     metrics_path = run_dir / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    metrics.update(figures)
+    metrics.update(test_metrics)
     metrics["versions"] = versions()
     _write_json(metrics_path, metrics)
     return metrics
@@ -297,7 +292,7 @@ def compare(
             "num_test", "pareto_k_share_above_0_7", "train_examples_per_s", "num_params", "epochs",
             "best_epoch", "device",
         )  # fmt: skip
-        keys = (*keys, *(k for k in cfg.task.metric_keys if k not in keys))  # the task's own figures
+        keys = (*keys, *(k for k in cfg.task.metric_keys if k not in keys))  # the task's own metrics
         rows.append({key: m.get(key) for key in keys})
         _write_json(
             Path(out) / "comparison.json", {"rows": rows, "config": configs[0].to_dict(), "versions": versions()}
@@ -306,8 +301,8 @@ def compare(
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A Markdown table of compare's rows, with the columns of each task's figures that the rows have
-    (active units for images; imputation or forecast figures for sequences)."""
+    """A Markdown table of compare's rows, with the columns of each task's metrics that the rows have
+    (active units for images; imputation or forecast metrics for sequences)."""
     from pyro_flowvae.tasks import TASKS
 
     task_keys = dict.fromkeys(k for task in TASKS.values() for k in task.metric_keys)

@@ -1,4 +1,4 @@
-"""Tasks: what each kind of data brings to a run (its data, model, figures and plots), chosen by ``data.name``."""
+"""Tasks: what each kind of data brings to a run (its data, model, metrics and plots), chosen by ``data.name``."""
 
 from pyro_flowvae.tasks.base import TASKS, Task, build_vae, register_task, task_for
 from pyro_flowvae.tasks.images import ImageTask

@@ -21,7 +21,7 @@ class Task(ABC):
     """One workflow (images, sequences, ...), chosen by ``data.name`` through :data:`TASKS`.
 
     A task owns everything that depends on the kind of data: which config keys apply (:meth:`check_config`),
-    loading and checking the data, the model and guide it builds, its figures for ``metrics.json``, the
+    loading and checking the data, the model and guide it builds, its metrics for ``metrics.json``, the
     extra columns ``compare`` shows (:attr:`metric_keys`) and the plots of its run directory. The training
     loop (:class:`~pyro_flowvae.infer.trainer.Trainer`) takes what the task built and knows none of it.
     """
@@ -30,7 +30,7 @@ class Task(ABC):
     name: ClassVar[str] = ""
     #: the ``data.name`` values this task serves
     datasets: ClassVar[tuple[str, ...]] = ()
-    #: figures of metrics.json that ``compare`` tabulates beside the ELBO and log p(x)
+    #: metrics of metrics.json that ``compare`` tabulates beside the ELBO and log p(x)
     metric_keys: ClassVar[tuple[str, ...]] = ()
     #: dotted config keys that only other tasks read: a value other than the default is an error that names them
     foreign_keys: ClassVar[tuple[str, ...]] = ()
@@ -72,7 +72,7 @@ class Task(ABC):
     def evaluate(
         self, vae: nn.Module, data: Any, config: Config, dist_info: DistInfo, progress: bool = False
     ) -> dict[str, Any]:
-        """The test figures of ``metrics.json`` (the same on every rank)."""
+        """The test metrics of ``metrics.json`` (the same on every rank)."""
 
     @abstractmethod
     def write_plots(self, run_dir: Path, vae: nn.Module, data: Any, config: Config, metrics: dict[str, Any]) -> None:
