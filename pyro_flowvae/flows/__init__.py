@@ -16,6 +16,12 @@ from pyro_flowvae.flows.registry import (
     register_flow,
 )
 from pyro_flowvae.flows.spline import SplineFlow
+from pyro_flowvae.flows.sylvester import (
+    HouseholderSylvesterFlow,
+    OrthogonalSylvesterFlow,
+    SylvesterFlow,
+    TriangularSylvesterFlow,
+)
 
 __all__ = [
     "FLOWS",
@@ -27,6 +33,10 @@ __all__ = [
     "PlanarFlow",
     "RadialFlow",
     "SplineFlow",
+    "SylvesterFlow",
+    "OrthogonalSylvesterFlow",
+    "HouseholderSylvesterFlow",
+    "TriangularSylvesterFlow",
     "build_flow",
     "check_flow_options",
     "flow_names",
