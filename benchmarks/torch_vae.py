@@ -70,11 +70,12 @@ class MeanFieldFlow(TorchFlow):
 
 class PlanarFlow(TorchFlow):
     r"""K planar layers :math:`z \mapsto z + \hat u \tanh(w^T z + b)`, :math:`\hat u` as in [1] Appendix A.1,
-    all parameters from one linear head laid out as K rows of :math:`(b, u, w)`."""
+    all parameters from one linear head laid out as K rows of :math:`(b, u, w)`; ``centered`` reads layer k's bias
+    relative to :math:`c_{k-1}`, where the earlier layers take the point 0 (``c_k = c_{k-1} + u_k tanh(b_k)``)."""
 
-    def __init__(self, latent_dim: int, context_dim: int, num_flows: int) -> None:
+    def __init__(self, latent_dim: int, context_dim: int, num_flows: int, centered: bool = True) -> None:
         super().__init__()
-        self.latent_dim, self.num_flows = latent_dim, num_flows
+        self.latent_dim, self.num_flows, self.centered = latent_dim, num_flows, centered
         self.head = nn.Linear(context_dim, num_flows * (2 * latent_dim + 1))
 
     def forward(self, z: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
@@ -84,8 +85,11 @@ class PlanarFlow(TorchFlow):
         u = u + (F.softplus(wu) - 1.0 - wu) * w / (w * w).sum(-1, keepdim=True)  # now w^T u > -1
         w_dot_u = (w * u).sum(-1)  # (B, K)
         log_det = z.new_zeros(z.shape[:-1])
+        centre = torch.zeros_like(z)
         for k in range(self.num_flows):
-            act = torch.tanh((z * w[:, k]).sum(-1) + b[:, k, 0])
+            bias = b[:, k, 0] - (w[:, k] * centre).sum(-1) if self.centered else b[:, k, 0]
+            centre = centre + u[:, k] * torch.tanh(b[:, k])
+            act = torch.tanh((z * w[:, k]).sum(-1) + bias)
             z = z + u[:, k] * act.unsqueeze(-1)
             log_det = log_det + torch.log(torch.abs(1.0 + (1.0 - act * act) * w_dot_u[:, k]))
         return z, log_det
@@ -210,7 +214,9 @@ class _Autoregressive(TorchFlow):
 
 
 class IAFFlow(_Autoregressive):
-    r"""IAF blocks with the gated update of [3] Eq. (14): :math:`\sigma = \mathrm{sigmoid}(s + 2)`,
+    r"""IAF blocks with the affine update of [3] Eq. (10) (the default): :math:`z \mapsto e^s z + m`, s clamped to
+    [-5, 3] with the gradient passed through (Pyro's ``clamp_preserve_gradients``), :math:`\log|\det J| = \sum_i s_i`;
+    or, with ``stable``, the gated update of Eq. (14): :math:`\sigma = \mathrm{sigmoid}(s + 2)`,
     :math:`z \mapsto \sigma z + (1 - \sigma) m`, :math:`\log|\det J| = \sum_i \log \sigma_i`."""
 
     def __init__(
@@ -219,14 +225,16 @@ class IAFFlow(_Autoregressive):
         context_dim: int,
         num_flows: int,
         hidden_dims: Sequence[int] | None = None,
-        stable: bool = True,
+        stable: bool = False,
     ) -> None:
-        if not stable:
-            raise ValueError("the reference IAF implements stable=True (the default) only")
+        self.stable = stable
         super().__init__(latent_dim, context_dim, num_flows, hidden_dims)
 
     def block(self, params: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
         mean, logit = params.unbind(-2)
+        if not self.stable:
+            log_scale = logit + (logit.clamp(-5.0, 3.0) - logit).detach()
+            return torch.exp(log_scale) * z + mean, log_scale.sum(-1)
         logit = logit + 2.0
         gate = torch.sigmoid(logit)
         return gate * z + (1.0 - gate) * mean, F.logsigmoid(logit).sum(-1)
@@ -346,7 +354,8 @@ class TorchVAE(nn.Module):
         scale = F.softplus(raw_scale) + self.min_scale
         if eps is None:
             eps = torch.randn_like(loc)
-        z, log_det = self.flow(loc + scale * eps, h)
+        eps_k, log_det = self.flow(eps, h)  # the flow acts on the standardized noise (guide.standardize)
+        z = loc + scale * eps_k
         log_q0 = (-0.5 * eps * eps - torch.log(scale) - HALF_LOG_2PI).sum(-1)
         log_prior = (-0.5 * z * z - HALF_LOG_2PI).sum(-1)
         log_lik = -F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="none").sum(-1)

@@ -125,6 +125,7 @@ def _run(args: argparse.Namespace) -> int:
         result = runs.train(config, args.out, resume=args.resume, verbose=not args.quiet)
         if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
             _print_metrics(result.metrics)
+            _print_flow_health(result.metrics)
             print(f"run directory: {args.out}")
         return 0
     if args.command == "evaluate":
@@ -132,6 +133,7 @@ def _run(args: argparse.Namespace) -> int:
             args.run_dir, args.iw_samples, parse_overrides(args.overrides), verbose=not args.quiet
         )
         _print_metrics(metrics)
+        _print_flow_health(metrics)
         return 0
     if args.command == "sample":
         runs.sample_run(args.run_dir, args.num, args.out, seed=args.seed)
@@ -159,6 +161,14 @@ def _interrupted_message(args: argparse.Namespace) -> str:
             f"with pyro-flowvae train {out / 'config.toml'} --out {out} --resume"
         )
     return f"interrupted before the first epoch finished, so {out} holds no checkpoint; start the run again"
+
+
+def _print_flow_health(metrics: dict) -> None:
+    from pyro_flowvae.flows.health import format_flow_health
+
+    health = metrics.get("flow_health")
+    if health is not None and health.get("mean_log_det") is not None:
+        print(format_flow_health(health, health.get("gap")))
 
 
 def _print_metrics(metrics: dict) -> None:

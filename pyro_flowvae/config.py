@@ -19,6 +19,7 @@ from pyro_flowvae.errors import ConfigError
 from pyro_flowvae.guides.sequence import COVARIANCES
 from pyro_flowvae.infer.distributed import BACKENDS, DEVICES
 from pyro_flowvae.infer.optim import LR_SCHEDULES, OPTIMIZERS
+from pyro_flowvae.infer.svi import ANNEALINGS
 from pyro_flowvae.infer.svi import ELBOS as ELBO_REGISTRY
 from pyro_flowvae.models.likelihoods import LIKELIHOODS as LIKELIHOOD_REGISTRY
 from pyro_flowvae.models.nets import ACTIVATIONS as ACTIVATION_REGISTRY
@@ -134,6 +135,14 @@ class GuideConfig:
         ),
     )
     min_scale: float = field(default=1e-4, metadata=_doc("floor added to the base Gaussian's scale", min=0.0))
+    standardize: bool = field(
+        default=True,
+        metadata=_doc(
+            "the flow acts on the standardized noise eps ~ N(0, I) and z = mu + sigma * f(eps) (true), or on "
+            "z0 = mu + sigma * eps as in Rezende & Mohamed 2015 (false), where it follows the posterior's scale "
+            "and planar layers saturate under KL warm-up"
+        ),
+    )
     covariance: str = field(
         default="diagonal",
         metadata=_doc(
@@ -154,6 +163,15 @@ class TrainConfig:
     optimizer: str = field(
         default="adam",
         metadata=_doc("torch.optim optimizer over the model's and guide's parameters", choices=tuple(OPTIMIZERS)),
+    )
+    flow_lr_scale: float = field(
+        default=0.1,
+        metadata=_doc(
+            "the guide's flow parameters learn at train.lr times this (a second parameter group): linear heads of "
+            "fan-in H move their outputs about H times faster under Adam than one weight moves",
+            min_exclusive=0.0,
+            max=1.0,
+        ),
     )
     clip_norm: float | None = field(
         default=10.0,
@@ -185,14 +203,31 @@ class TrainConfig:
         default=0.0,
         metadata=_doc("epochs over which the KL weight (temperature) rises linearly to 1", min=0.0),
     )
+    annealing: str = field(
+        default="kl",
+        metadata=_doc(
+            "what the warm-up weight beta multiplies: kl, the latent terms log p(z) - log q(z|x) (KL warm-up), or "
+            "temperature, log p(x, z) with the entropy at weight 1 (Rezende & Mohamed 2015)",
+            choices=ANNEALINGS,
+        ),
+    )
+    hold_flows: bool = field(
+        default=False,
+        metadata=_doc(
+            "keep the guide's flow at its identity initialisation (bypassed, untrained) until the warm-up weight "
+            "reaches 1: a small weight lets q shrink or spread far from the scale the flow starts at, and its "
+            "units saturate"
+        ),
+    )
     kl_start: float = field(
         default=0.01, metadata=_doc("KL weight at the first step of the warm-up", min_exclusive=0.0, max=1.0)
     )
     elbo: str = field(
         default="trace",
         metadata=_doc(
-            "Trace_ELBO, TraceMeanField_ELBO (analytic KL where it exists) or JitTrace_ELBO (torch.jit.trace, "
-            "which torch marks deprecated)",
+            "Trace_ELBO, TraceMeanField_ELBO (analytic KL where it exists), JitTrace_ELBO (torch.jit.trace, "
+            "which torch marks deprecated) or iwae, the importance-weighted bound with train.num_particles samples "
+            "(RenyiELBO, alpha = 0)",
             choices=ELBOS,
         ),
     )
@@ -200,7 +235,10 @@ class TrainConfig:
     vectorize_particles: bool = field(default=True, metadata=_doc("draw the particles in one vectorized pass"))
     patience: int | None = field(
         default=None,
-        metadata=_doc("stop after this many epochs without a better validation ELBO (none: never)", min=1),
+        metadata=_doc(
+            "stop after this many epochs without a better validation ELBO, counted after the KL warm-up (none: never)",
+            min=1,
+        ),
     )
     restore_best: bool = field(
         default=True,
@@ -382,6 +420,16 @@ class Config:
                     f"gp.lengthscale has {count} values but model.latent_dim = {self.model.latent_dim}; give one "
                     "value, one per latent channel, or a number of values that divides latent_dim"
                 )
+        if self.train.elbo == "iwae" and self.train.num_particles < 2:
+            raise ConfigError(
+                "train.elbo = 'iwae' with train.num_particles = 1 is the plain ELBO; set train.num_particles >= 2 "
+                "(e.g. 5, Burda et al. 2016) or train.elbo = 'trace'"
+            )
+        if self.train.annealing == "temperature" and self.train.elbo in ("mean_field", "jit"):
+            raise ConfigError(
+                f"train.annealing = 'temperature' weights the model's sites only, which train.elbo = "
+                f"{self.train.elbo!r} cannot score; use train.elbo = 'trace' or train.annealing = 'kl'"
+            )
         if self.guide.flow != "mean_field" and self.guide.num_flows < 1:
             raise ConfigError(
                 f"guide.num_flows = {self.guide.num_flows} but guide.flow = {self.guide.flow!r} needs at least 1 "

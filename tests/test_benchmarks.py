@@ -89,3 +89,25 @@ def test_iw_eval_smoke_memory_grows_with_the_chunk(binarized_root):
         assert r["datapoint_samples_per_s"] == pytest.approx(r["num_test"] * r["k"] / r["seconds"])
     # a 4x larger sample chunk holds 4x the decoder outputs at once: the peak must show it
     assert by_setting[(100, 200)]["peak_extra_mib"] > by_setting[(100, 50)]["peak_extra_mib"]
+
+
+def test_guide_only_benchmark_keeps_the_decoder_and_starts_every_flow_at_mean_field(binarized_root, tmp_path):
+    """With no guide steps, every flow (at its identity initialisation, on the decoder run's encoder) scores the
+    mean-field ELBO on the same images to within 0.05 nats; after training, the decoder is still the decoder
+    run's, bit for bit."""
+    import torch
+
+    bench = load("guide_only")
+    argv = ["--data-root", str(binarized_root), "--smoke", "--out", str(tmp_path)]
+    # (not householder: a rotation leaves N(0, I) as it is but moves each draw, so its per-image ELBO differs by
+    # sampling noise; tests/flows/test_flows.py checks its distribution instead)
+    guides = ["--guides", "mean_field,planar:4,iaf:1,sylvester_orthogonal:2,sylvester_triangular:2"]
+    rows = bench.main([*argv, *guides, "--steps", "0"])
+    assert rows[0]["guide"] == "mean_field" and rows[0]["elbo_gain_over_mean_field"] == 0.0
+    assert all(abs(r["elbo_gain_over_mean_field"]) < 0.05 for r in rows)
+    decoder_run = tmp_path / "decoder"
+    _, trained, _ = runs.load_run(decoder_run, device="cpu")
+    _, vae = bench.guide_vae("planar:4", decoder_run)
+    assert all(not p.requires_grad for p in vae.model.parameters())
+    reference = trained.model.state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in vae.model.state_dict().items())

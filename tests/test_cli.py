@@ -72,8 +72,14 @@ def test_train_evaluate_sample_end_to_end(tmp_path, image_npz, capsys):
     assert metrics["test_log_px"] < 0 and len(metrics["kl_per_dim"]) == 2
     assert "guide.num_flows" not in capsys.readouterr().err
 
+    health = metrics["flow_health"]  # the flow-health record: 3 planar layers, the gap beside them
+    assert [layer["layer"] for layer in health["layers"]] == [1, 2, 3] and (run / "flow_health.png").is_file()
+    assert health["gap"] == pytest.approx(metrics["test_log_px"] - metrics["test_elbo"])
+    capsys.readouterr()
     assert main(["evaluate", str(run), "--iw-samples", "50", "--quiet"]) == 0
     assert json.loads((run / "metrics.json").read_text())["iw_samples"] == 50
+    printed = capsys.readouterr().out
+    assert "flow health (planar" in printed and "saturated units (slope < 0.05)" in printed
     assert main(["sample", str(run), "--num", "9", "--out", str(tmp_path / "s.png")]) == 0
     png = (tmp_path / "s.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

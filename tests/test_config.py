@@ -83,7 +83,7 @@ def test_shipped_mnist_configs_differ_only_in_the_guide():
         ("model.hidden=[64, 0]", r"model\.hidden = \[64, 0\] is out of range"),
         (
             "train.epochz=3",
-            r"unknown key train\.'epochz'.*did you mean train\.epochs\?.*valid keys: train\.batch",
+            r"unknown key train\.'epochz'.*did you mean train\.epochs\?.*valid keys: train\.annealing, train\.batch",
         ),
         ("trainer.epochs=3", r"unknown key 'trainer' in the config \(did you mean train\?\)"),
         ("guide.flow=planar", None),
@@ -167,7 +167,7 @@ def test_every_choice_list_comes_from_its_registry():
     from pyro_flowvae.guides.sequence import COVARIANCES
     from pyro_flowvae.infer.distributed import BACKENDS, DEVICES
     from pyro_flowvae.infer.optim import LR_SCHEDULES, OPTIMIZERS
-    from pyro_flowvae.infer.svi import ELBOS
+    from pyro_flowvae.infer.svi import ANNEALINGS, ELBOS
     from pyro_flowvae.models.likelihoods import LIKELIHOODS
     from pyro_flowvae.models.nets import ACTIVATIONS
     from pyro_flowvae.priors import PRIORS
@@ -177,6 +177,7 @@ def test_every_choice_list_comes_from_its_registry():
         "data.name": TASKS, "train.optimizer": OPTIMIZERS, "train.lr_schedule": LR_SCHEDULES, "train.elbo": ELBOS,
         "train.device": DEVICES, "model.likelihood": LIKELIHOODS, "model.activation": ACTIVATIONS,
         "model.prior": PRIORS, "guide.covariance": COVARIANCES, "distributed.backend": BACKENDS,
+        "train.annealing": ANNEALINGS,
     }  # fmt: skip
     listed = {}
     for section in fields(Config):

@@ -96,15 +96,37 @@ def test_guide_samples_have_the_guide_density():
     posterior = vae.guide.get_posterior(x)
     z = posterior.rsample()
     context = vae.guide.get_context(x)
-    base = vae.guide.get_base_dist(context)
+    base = vae.guide.get_base_dist(context).base_dist
     transforms = vae.guide.get_transforms(context)
-    z0 = z
+    eps = (z - base.loc) / base.scale  # guide.standardize: z = mu + sigma * f(eps0)
     log_det = torch.zeros(4)
     for t in reversed(transforms):
-        z_prev = t.inv(z0)
-        log_det = log_det + t.log_abs_det_jacobian(z_prev, z0)
-        z0 = z_prev
-    assert torch.allclose(posterior.log_prob(z), base.log_prob(z0) - log_det, atol=1e-5)
+        eps_prev = t.inv(eps)
+        log_det = log_det + t.log_abs_det_jacobian(eps_prev, eps)
+        eps = eps_prev
+    normal = torch.distributions.Normal(0.0, 1.0)
+    expected = normal.log_prob(eps).sum(-1) - log_det - base.scale.log().sum(-1)
+    assert torch.allclose(posterior.log_prob(z), expected, atol=1e-5)
+
+
+def test_a_planar_layer_on_standardized_noise_is_a_planar_layer_on_z():
+    """The identity the guide's docstring states: (u, w, b) on eps is (sigma u, w / sigma, b - (w / sigma)^T mu) on z,
+    with the same w^T u_hat, so both orders define one family of planar flows."""
+    from pyro_flowvae.flows.planar import FusedPlanar
+
+    torch.manual_seed(0)
+    L = 3
+    mu, sigma = torch.randn(L), torch.rand(L) + 0.5
+    b, u, w = torch.randn(1, 1), torch.randn(1, L), torch.randn(1, L)
+    eps = torch.randn(10, L)
+    on_eps = mu + sigma * FusedPlanar((b, u, w))(eps)
+    u_hat = FusedPlanar.u_hat(u, w)
+    u_z, w_z = sigma * u_hat, w / sigma
+    b_z = b - (w_z * mu).sum(-1, keepdim=True)
+    z0 = mu + sigma * eps
+    on_z = z0 + u_z * torch.tanh(z0 @ w_z.T + b_z)
+    assert torch.allclose(on_eps, on_z, atol=1e-6)
+    assert torch.allclose((w_z * u_z).sum(), (w * u_hat).sum())
 
 
 def test_scale_latents_scales_only_latent_sites():

@@ -10,8 +10,9 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from pyro_flowvae.config import TrainConfig, load_config
+from pyro_flowvae.errors import ConfigError
 from pyro_flowvae.infer.optim import build_optimizer
-from pyro_flowvae.infer.svi import AnnealedELBO, DeviceTrace_ELBO, build_elbo
+from pyro_flowvae.infer.svi import IWAE_ELBO, AnnealedELBO, DeviceTrace_ELBO, build_elbo
 from pyro_flowvae.infer.trainer import training_step
 from pyro_flowvae.models.vae import FlowVAE
 
@@ -287,3 +288,89 @@ def test_gpvae_training_steps_never_synchronise_with_the_host_on_cuda():
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(torch.stack(losses)).all()
+
+
+def _conjugate(x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor):
+    """z ~ N(0, 1), x | z ~ N(z, 1): p(x) = N(x; 0, 2), p(z | x) = N(x / 2, 1 / 2); the guide N(loc, scale^2)."""
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, scale))
+
+    log_px = dist.Normal(0.0, 2.0**0.5).log_prob(x).sum()
+    return model, guide, log_px
+
+
+def test_iwae_is_exact_with_the_true_posterior_and_tightens_with_k_otherwise():
+    x = torch.tensor([0.3, -1.2, 2.0, 0.7])
+    model, exact, log_px = _conjugate(x, x / 2, torch.full_like(x, 0.5**0.5))
+    for k in (2, 7):
+        assert float(-IWAE_ELBO(k).differentiable_loss(model, exact, x)) == pytest.approx(float(log_px), abs=1e-5)
+    model, poor, log_px = _conjugate(x, torch.zeros_like(x), torch.ones_like(x))
+    bounds = []
+    for k in (1, 10, 200):
+        pyro.set_rng_seed(0)
+        bounds.append(sum(float(-IWAE_ELBO(k).differentiable_loss(model, poor, x)) for _ in range(50)) / 50)
+    assert bounds[0] < bounds[1] < bounds[2] < float(log_px)
+    assert float(log_px) - bounds[2] < 0.1 * (float(log_px) - bounds[0])
+
+
+def test_iwae_loss_gives_the_guide_a_gradient_and_refuses_non_reparameterized_sites():
+    x = torch.tensor([0.3, -1.2])
+    loc = torch.zeros(2, requires_grad=True)
+    model, guide, _ = _conjugate(x, loc, torch.ones(2))
+    IWAE_ELBO(5).differentiable_loss(model, guide, x).backward()
+    assert loc.grad is not None and loc.grad.abs().sum() > 0
+
+    def discrete_model(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("c", dist.Bernoulli(0.5))
+
+    def discrete_guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("c", dist.Bernoulli(0.3))
+
+    with pytest.raises(NotImplementedError, match="reparameterized"):
+        IWAE_ELBO(3).differentiable_loss(discrete_model, discrete_guide, x)
+
+
+def test_temperature_annealing_weights_log_p_x_z_and_keeps_the_entropy():
+    """-L_beta = -(beta log p(x, z) - log q(z | x)): at fixed noise the slope in beta is -log p(x, z) and the value
+    at beta -> 0 is log q, both computed here from the traces themselves."""
+    vae = _vae("planar")
+    x = (torch.rand(8, 6) < 0.5).float()
+    loss = AnnealedELBO(vae.model, vae.guide, build_elbo(TrainConfig()), annealing="temperature")
+    pyro.set_rng_seed(5)
+    guide_trace = pyro.poutine.trace(vae.guide).get_trace(x)
+    model_trace = pyro.poutine.trace(pyro.poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+    log_p, log_q = float(model_trace.log_prob_sum().detach()), float(guide_trace.log_prob_sum().detach())
+    for beta in (0.2, 0.6):
+        loss.kl_weight = beta
+        pyro.set_rng_seed(5)
+        assert float(loss(x).detach()) == pytest.approx(-(beta * log_p - log_q), rel=1e-5)
+
+
+def test_iwae_and_temperature_configs_that_cannot_work_are_refused():
+    with pytest.raises(ConfigError, match="train.num_particles >= 2"):
+        load_config(None, ["train.elbo=iwae"])
+    with pytest.raises(ConfigError, match="train.annealing = 'temperature'"):
+        load_config(None, ["train.annealing=temperature", "train.elbo=mean_field"])
+    assert isinstance(build_elbo(load_config(None, ["train.elbo=iwae", "train.num_particles=5"]).train), IWAE_ELBO)
+
+
+def test_the_flow_learns_at_its_own_rate_in_a_second_parameter_group():
+    vae = _vae("planar")
+    params = list(vae.parameters())
+    flow_ids = {id(p) for p in vae.guide.flow.parameters()}
+    optimizer = build_optimizer(params, TrainConfig(lr=1e-3, flow_lr_scale=0.1), vae.guide.flow.parameters())
+    base, flow = optimizer.param_groups
+    assert base["lr"] == 1e-3 and flow["lr"] == pytest.approx(1e-4)
+    assert {id(p) for p in flow["params"]} == flow_ids and not flow_ids & {id(p) for p in base["params"]}
+    assert len(base["params"]) + len(flow["params"]) == len(params)
+    single = build_optimizer(params, TrainConfig(flow_lr_scale=1.0), vae.guide.flow.parameters())
+    assert len(single.param_groups) == 1

@@ -179,7 +179,7 @@ def test_a_checkpoint_of_the_old_format_is_refused_with_what_to_do(tmp_path, tin
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     state["format_version"] = 1
     torch.save(state, tmp_path / "run" / "checkpoint.pt")
-    with pytest.raises(CheckpointError, match=r"checkpoint format 1, this pyro-flowvae reads format 2.*train it again"):
+    with pytest.raises(CheckpointError, match=r"checkpoint format 1, this pyro-flowvae reads format 3.*train it again"):
         runs.train(runs.as_config(config, ["train.epochs=2"]), tmp_path / "run", resume=True)
 
 
@@ -227,3 +227,39 @@ def test_a_non_finite_validation_elbo_stops_the_run_and_keeps_the_last_finite_ch
     path.write_text(tomli_w.dumps(config))
     assert main(["train", str(path), "--out", str(tmp_path / "never"), "--quiet"]) == 2
     assert not (tmp_path / "never" / "checkpoint.pt").exists() and not (tmp_path / "never" / "best.pt").exists()
+
+
+@pytest.mark.parametrize("hold", [True, False])
+def test_held_flows_stay_at_their_initialisation_until_the_warm_up_ends(tmp_path, tiny_npz, hold):
+    """train.hold_flows: while beta < 1 the flow is bypassed and untrained; it trains once beta = 1."""
+    config = tiny_config(
+        tiny_npz,
+        {"guide.flow": "planar", "train.epochs": 1, "train.kl_warmup_epochs": 1.0, "train.hold_flows": hold},
+    )
+    pyro.set_rng_seed(0)
+    fresh = runs.as_config(config).task.build_model(runs.as_config(config), {"data_dim": 12}).state_dict()
+    pyro.set_rng_seed(0)
+    warm = runs.train(config, tmp_path / "warm")
+    head = "guide.flow.head.weight"
+    assert torch.equal(warm.vae.state_dict()[head], fresh[head]) == hold
+    longer = runs.train(runs.as_config(config, ["train.epochs=2"]), tmp_path / "warm", resume=True)
+    assert not torch.equal(longer.vae.state_dict()[head], fresh[head])
+    assert not longer.vae.guide.flow_held
+
+
+@pytest.mark.parametrize("annealing", ["kl", "temperature"])
+def test_iwae_and_both_annealings_train(tmp_path, tiny_npz, annealing):
+    config = tiny_config(
+        tiny_npz,
+        {
+            "guide.flow": "iaf",
+            "train.elbo": "iwae",
+            "train.num_particles": 4,
+            "train.annealing": annealing,
+            "train.kl_warmup_epochs": 1.0,
+            "train.epochs": 6,
+        },
+    )
+    result = runs.train(config)
+    assert result.history[-1]["valid_elbo"] > result.history[0]["valid_elbo"] + 0.1
+    assert result.metrics["test_log_px"] >= result.metrics["test_elbo"]

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from pyro_flowvae.config import EvalConfig
 from pyro_flowvae.evaluation.importance import ImportanceEstimate
+from pyro_flowvae.flows.health import flow_health
 
 if TYPE_CHECKING:
     from pyro_flowvae.infer.distributed import DistInfo
@@ -67,6 +68,10 @@ def spread_subset(n: int, limit: int | None) -> Tensor:
     return torch.arange(limit) * n // limit
 
 
+#: Test datapoints (spread over the test set) on which :func:`~pyro_flowvae.flows.health.flow_health` runs.
+HEALTH_DATAPOINTS = 500
+
+
 def evaluate(
     vae: nn.Module,
     x: Tensor,
@@ -78,7 +83,8 @@ def evaluate(
     """Score the rows of x (nats per datapoint): the ELBO and log p(x) from the same K importance samples
     (the ELBO is their mean log weight, log p(x) the log of their mean weight), with standard errors, the share
     of datapoints whose importance weights have Pareto k > 0.7 (an unreliable log p(x)), the KL per latent
-    dimension and the active units.
+    dimension, the active units and the flow-health record (``flow_health``:
+    :func:`~pyro_flowvae.flows.health.flow_health` on 500 of the datapoints, with ``gap`` = log p(x) - ELBO).
 
     The importance sampling runs chunk by chunk, each chunk seeded from ``seed``
     (:func:`~pyro_flowvae.infer.distributed.distributed_log_likelihood`), split over the ranks of ``dist_info``
@@ -104,7 +110,13 @@ def evaluate(
         )
         with seeded(step_seed(seed, 0, 1, "eval"), x.device):
             latent = latent_statistics(vae, x)
-    return {**importance_metrics(estimate), **latent}
+    metrics = {**importance_metrics(estimate), **latent}
+    if hasattr(vae.guide, "get_flow_input"):  # an AmortizedFlowGuide
+        subset = x[spread_subset(x.shape[0], HEALTH_DATAPOINTS).to(x.device)]
+        health = flow_health(vae.guide, subset, seed=seed)
+        health["gap"] = metrics["test_log_px"] - metrics["test_elbo"]
+        metrics["flow_health"] = health
+    return metrics
 
 
 def importance_metrics(estimate: ImportanceEstimate) -> dict[str, Any]:

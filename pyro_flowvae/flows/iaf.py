@@ -27,18 +27,20 @@ class IAFFlow(AutoregressiveFlow):
         :math:`\mathbf{z}_k = \boldsymbol\sigma\odot\mathbf{z}_{k-1} + (1-\boldsymbol\sigma)\odot\mathbf{m}`,
         :math:`\log|\det J_k| = \sum_i \log\sigma_i`,
 
-    or with ``stable=False`` ([1] Eq. (10)) :math:`\mathbf{z}_k = \exp(\mathbf{s})\odot\mathbf{z}_{k-1} +
+    or with ``stable=False`` (the default, [1] Eq. (10)) :math:`\mathbf{z}_k = \exp(\mathbf{s})\odot\mathbf{z}_{k-1} +
     \mathbf{m}`, :math:`\log|\det J_k| = \sum_i s_i`, with s clamped to [-5, 3]. The inverse exists for any
     y and costs L network passes per block. The reversals are those of :class:`AutoregressiveFlow`.
 
     :param hidden_dims: widths of the MADE hidden layers, each >= ``latent_dim``; default two layers of
         ``max(2 * latent_dim, 64)``.
-    :param stable: the gated update of [1] Eq. (14) (default) or the affine one of Eq. (10).
+    :param stable: the gated update of [1] Eq. (14) or the affine one of Eq. (10) (default).
 
     Initialisation: the MADE output layers start at 1e-2 times PyTorch's default weights with zero bias, so
     :math:`\mathbf{m} \approx 0`, :math:`\mathbf{s} \approx 0`: each block starts near the identity
     (``stable=False``) or near :math:`\mathbf{z}_k = \mathrm{sigmoid}(2)\,\mathbf{z}_{k-1} \approx
-    0.88\,\mathbf{z}_{k-1}`, [1]'s forget-gate bias of +2 (``stable=True``).
+    0.88\,\mathbf{z}_{k-1}`, [1]'s forget-gate bias of +2 (``stable=True``). The gated start costs
+    :math:`\log 0.88 = -0.13` nats per dimension and block (-10.2 nats for two blocks on 40 dimensions, an
+    ELBO 4.2 nats below mean-field at step 0), which is why the affine update is the default.
 
     [1] Diederik P. Kingma, Tim Salimans, Rafal Jozefowicz, Xi Chen, Ilya Sutskever, Max Welling. Improved
     Variational Inference with Inverse Autoregressive Flow. NeurIPS 2016. [arXiv:1606.04934]
@@ -53,7 +55,7 @@ class IAFFlow(AutoregressiveFlow):
         num_flows: int,
         *,
         hidden_dims: Sequence[int] | None = None,
-        stable: bool = True,
+        stable: bool = False,
     ) -> None:
         if not isinstance(stable, bool):
             raise ConfigError(f"guide.options.stable of flow 'iaf' must be true or false, got {stable!r}")

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.distributions import Transform, constraints
 from torch.nn import functional as F
 
+from pyro_flowvae.errors import ConfigError
 from pyro_flowvae.flows.base import INIT_SCALE, ConditionalFlow
 from pyro_flowvae.flows.registry import register_flow
 
@@ -54,7 +55,7 @@ class FusedPlanar(Transform):
     codomain = constraints.real_vector
     bijective = True
 
-    def __init__(self, params: tuple[Tensor, Tensor, Tensor]) -> None:
+    def __init__(self, params: tuple[Tensor, Tensor, Tensor], centered: bool = False) -> None:
         super().__init__(cache_size=1)
         bias, u, w = params
         assert bias.shape[-1:] == (1,) and u.shape == w.shape and bias.shape[:-1] == u.shape[:-1], (
@@ -62,6 +63,7 @@ class FusedPlanar(Transform):
             f"{tuple(bias.shape)}, {tuple(u.shape)}, {tuple(w.shape)}"
         )
         self._params = params
+        self.centered = centered
         self._cached_logDetJ: Tensor | None = None
 
     @property
@@ -75,11 +77,29 @@ class FusedPlanar(Transform):
         alpha = (u * w).sum(-1, keepdim=True)
         return u + (F.softplus(alpha) - 1.0 - alpha) * w / w.pow(2).sum(-1, keepdim=True)
 
+    def layer_bias(self, u_hat: Tensor) -> Tensor:
+        r"""The bias each layer applies, shape ``(*batch, K)``: :math:`b_k`, or with ``centered``
+        :math:`b_k - \mathbf{w}_k^T\mathbf{c}_{k-1}`, where :math:`\mathbf{c}_k = \mathbf{c}_{k-1} +
+        \hat{\mathbf{u}}_k\tanh(b_k)`, :math:`\mathbf{c}_0 = 0`, is where the layers take the point 0 (the
+        centre of standardized noise). Layer k's pre-activation is then :math:`\mathbf{w}_k^T(\mathbf{z}_{k-1} -
+        \mathbf{c}_{k-1}) + b_k`: relative to where the earlier layers moved the centre, so their shifts do not
+        push it into a tail of tanh. A reparametrisation of the same planar family (c depends on x, not on z)."""
+        bias, _, w = self._params
+        bias = bias.squeeze(-1)
+        if not self.centered:
+            return bias
+        centre = torch.zeros_like(w[..., 0, :])
+        biases = []
+        for k in range(w.size(-2)):
+            biases.append(bias[..., k] - (w[..., k, :] * centre).sum(-1))
+            centre = centre + u_hat[..., k, :] * torch.tanh(bias[..., k : k + 1])
+        return torch.stack(biases, dim=-1)
+
     def _call(self, x: Tensor) -> Tensor:
-        bias, u, w = self._params
+        _, u, w = self._params
         u_hat = self.u_hat(u, w)
         w_dot_u_hat = (w * u_hat).sum(-1)  # (*batch, K), > -1
-        y, self._cached_logDetJ = planar_layers(x, bias.squeeze(-1), u_hat, w, w_dot_u_hat)
+        y, self._cached_logDetJ = planar_layers(x, self.layer_bias(u_hat), u_hat, w, w_dot_u_hat)
         return y
 
     def _inverse(self, y: Tensor) -> Tensor:
@@ -196,6 +216,10 @@ class PlanarFlow(ConditionalFlow):
     function as K of Pyro's ``ConditionedPlanar``, at a fraction of the cost). There is no analytic inverse:
     score only samples the flow drew itself (cache).
 
+    ``centered`` (default): each layer's bias is read relative to where the earlier layers moved the point 0
+    (:meth:`FusedPlanar.layer_bias`), the same family reparametrised so that shifts added by earlier layers do
+    not carry later pre-activations into a tail of tanh.
+
     Initialisation: small raw u does *not* give the identity here, since :math:`\hat{\mathbf{u}}` pulls u
     towards :math:`-0.31\,\mathbf{w}/\|\mathbf{w}\|^2`. The head's bias therefore sets, per flow, a random
     unit :math:`\mathbf{w}_k`, :math:`\mathbf{u}_k = \log(e-1)\,\mathbf{w}_k` (so
@@ -209,8 +233,11 @@ class PlanarFlow(ConditionalFlow):
     has_inverse = False
     flow_name = "planar"
 
-    def __init__(self, latent_dim: int, context_dim: int, num_flows: int) -> None:
+    def __init__(self, latent_dim: int, context_dim: int, num_flows: int, *, centered: bool = True) -> None:
         super().__init__(latent_dim, context_dim, num_flows)
+        if not isinstance(centered, bool):
+            raise ConfigError(f"guide.options.planar.centered must be true or false, got {centered!r}")
+        self.centered = centered
         self.head = nn.Linear(context_dim, num_flows * (2 * latent_dim + 1))
         self.reset_parameters()
 
@@ -231,4 +258,4 @@ class PlanarFlow(ConditionalFlow):
         L = self.latent_dim
         params = self.head(context).unflatten(-1, (self.num_flows, 2 * L + 1))
         b, u, w = params.split([1, L, L], dim=-1)  # (*batch, K, 1), (*batch, K, L), (*batch, K, L)
-        return [FusedPlanar((b, u, w))]
+        return [FusedPlanar((b, u, w), centered=self.centered)]

@@ -14,7 +14,9 @@ from pyro_flowvae.errors import CheckpointError
 __all__ = ["save_checkpoint", "load_checkpoint", "check_data_shape", "RESUMABLE_KEYS", "FORMAT_VERSION"]
 
 #: 2: torch.optim optimizer state, a RunState, no RNG state (the noise is seeded per step); 1: pyro.optim state
-FORMAT_VERSION = 2
+#: 2: training moved to torch.optim. 3: the guide's flow acts on standardized noise and planar layers are
+#: centered, so the same weights of format 2 mean another q(z | x).
+FORMAT_VERSION = 3
 
 #: keys that may change between a run and its resumption (they do not change the model or its training path)
 RESUMABLE_KEYS = (
@@ -56,8 +58,10 @@ def load_checkpoint(
     if state["format_version"] != FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has checkpoint format {state['format_version']}, this pyro-flowvae reads format "
-            f"{FORMAT_VERSION} (format 2 moved training to torch.optim, whose optimizer state format 1 lacks); "
-            "its weights cannot be resumed or scored here: train it again into a new run directory, or use the "
+            f"{FORMAT_VERSION} (format 3 moved the guide's flow onto standardized noise and centered the planar "
+            "layers, so weights of format 2 would describe another posterior; format 2 had moved training to "
+            "torch.optim); its weights cannot be resumed or scored here: train it again into a new run directory, or "
+            "use the "
             "pyro-flowvae version that wrote it"
         )
     if config is not None:

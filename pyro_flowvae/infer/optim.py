@@ -41,14 +41,30 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, 
 LR_SCHEDULES = ("constant", "step", "cosine", "plateau")
 
 
-def build_optimizer(params: Iterable[nn.Parameter], train: TrainConfig) -> torch.optim.Optimizer:
-    """``train.optimizer`` at ``train.lr`` over ``params``."""
+def build_optimizer(
+    params: Iterable[nn.Parameter], train: TrainConfig, flow_params: Iterable[nn.Parameter] = ()
+) -> torch.optim.Optimizer:
+    """``train.optimizer`` at ``train.lr`` over ``params``; those of them in ``flow_params`` (the guide's flow) in
+    a second parameter group at ``train.lr * train.flow_lr_scale`` when that scale is not 1.
+
+    Why a scale: a flow's parameters are read from the encoder's hidden state by linear heads of fan-in H (300
+    on the likelihood benchmark). Adam moves every weight by about lr per step whatever its gradient's size,
+    so a head's outputs, sums over H weights, move about H times faster than any one weight, and a flow
+    trained at the encoder's rate wanders from the identity faster than the data can steer it."""
     if train.optimizer not in OPTIMIZERS:
         raise ConfigError(f"train.optimizer = {train.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
     params = list(params)
     if not params:
         raise ConfigError("the model and guide have no parameters to train; nothing for train.optimizer to update")
-    return OPTIMIZERS[train.optimizer](params, lr=train.lr)
+    scale = getattr(train, "flow_lr_scale", 1.0)
+    flow_ids = {id(p) for p in flow_params}
+    if scale == 1.0 or not flow_ids:
+        return OPTIMIZERS[train.optimizer](params, lr=train.lr)
+    groups = [
+        {"params": [p for p in params if id(p) not in flow_ids]},
+        {"params": [p for p in params if id(p) in flow_ids], "lr": train.lr * scale},
+    ]
+    return OPTIMIZERS[train.optimizer]([g for g in groups if g["params"]], lr=train.lr)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> Any:

@@ -199,7 +199,8 @@ class Trainer:
         self._where["phase"] = "the initial check that ranks agree"
         init_spread = parameter_spread(vae, info)
         params = [p for p in vae.parameters() if p.requires_grad]
-        optimizer = build_optimizer(params, train)
+        flow = getattr(vae.guide, "flow", None)
+        optimizer = build_optimizer(params, train, flow.parameters() if isinstance(flow, nn.Module) else ())
         scheduler = build_scheduler(optimizer, train)
         state = RunState(patience_left=train.patience)
         best_weights: dict[str, Tensor] | None = None
@@ -223,12 +224,17 @@ class Trainer:
         warmup_steps = round(train.kl_warmup_epochs * steps_per_epoch)
         elbo = build_elbo(train)
         warmup_elbo = build_elbo(train, "trace") if isinstance(elbo, JitTrace_ELBO) and warmup_steps else None
-        loss = AnnealedELBO(vae.model, vae.guide, elbo, warmup_elbo)
+        loss = AnnealedELBO(vae.model, vae.guide, elbo, warmup_elbo, annealing=train.annealing)
         module: nn.Module = loss
+        # the flow stays at the identity while beta < 1 (train.hold_flows); a guide without a flow ignores it
+        hold_flows = train.hold_flows and warmup_steps > 0 and hasattr(vae.guide, "flow_held")
         if info.distributed:
             self._where["phase"] = "wrapping the model in DistributedDataParallel"
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            module = DistributedDataParallel(loss, device_ids=device_ids, **NO_BUFFER_SYNC)
+            # held flows get no gradient during the warm-up: DDP must not wait for theirs
+            module = DistributedDataParallel(
+                loss, device_ids=device_ids, find_unused_parameters=hold_flows, **NO_BUFFER_SYNC
+            )
         binarizer = torch.Generator(device=self.device) if self.dynamic_binarize else None
         self._check_params = True
         stopped_early = False
@@ -264,6 +270,8 @@ class Trainer:
                     torch.manual_seed(step_seed(train.seed, info.rank, state.global_step, "latent"))
                     beta = kl_weight(state.global_step, warmup_steps, train.kl_start)
                     loss.kl_weight = beta
+                    if hold_flows:
+                        vae.guide.flow_held = beta < 1.0
                     pending.append(self._step(module, optimizer, params, batch_args(batch)))
                     pending_sizes.append(batch.shape[0] * info.world_size)
                     state.global_step += 1
@@ -308,8 +316,8 @@ class Trainer:
                 state.patience_left = train.patience
                 if train.restore_best:
                     best_weights = {k: v.detach().clone() for k, v in vae.state_dict().items()}
-            elif state.patience_left is not None:
-                state.patience_left -= 1
+            elif state.patience_left is not None and beta >= 1.0:
+                state.patience_left -= 1  # patience counts the epochs after the warm-up only
             record = {
                 **epoch_record(epoch, state.global_step, epoch_loss, epoch_seen, seconds, valid_elbo, beta),
                 "lr": optimizer.param_groups[0]["lr"],
@@ -334,6 +342,8 @@ class Trainer:
                 stopped_early = True
                 break
 
+        if hold_flows:
+            vae.guide.flow_held = False  # a run that ends within its warm-up is scored with its (identity) flow
         if train.restore_best and best_weights is not None:
             vae.load_state_dict(best_weights)
         history = state.history

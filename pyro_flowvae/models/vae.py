@@ -97,6 +97,7 @@ class FlowVAE(nn.Module):
             num_flows=g.num_flows if g.flow != "mean_field" else 0,
             flow_options=g.options.get(g.flow, {}),
             min_scale=g.min_scale,
+            standardize=g.standardize,
         )
         return cls(model, guide)
 

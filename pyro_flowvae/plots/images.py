@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from torchvision.utils import save_image
 
-__all__ = ["plot_elbo_curve", "plot_kl_per_dim", "save_image_grid", "interleave", "run_title"]
+__all__ = ["plot_elbo_curve", "plot_kl_per_dim", "plot_flow_health", "save_image_grid", "interleave", "run_title"]
 
 
 def plot_elbo_curve(history: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> None:
@@ -45,6 +45,27 @@ def plot_kl_per_dim(kl_per_dim: Sequence[float], active: Sequence[float], path: 
     twin.set_yscale("log")
     twin.set_ylabel("activity Cov_x E_q[z_u] (dotted: 0.01)")
     ax.set_title(title)
+    fig.savefig(path, dpi=120)
+
+
+def plot_flow_health(record: dict[str, Any], path: str | Path, title: str = "") -> None:
+    """Per flow layer, the share of saturated units (slope below the record's threshold) and the median slope,
+    with the mean log|det J| and the gap log p(x) - ELBO in the title: a dead flow shows as bars near 100%."""
+    layers = record["layers"]
+    fig = Figure(figsize=(7, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    index = [layer["layer"] for layer in layers]
+    ax.bar(index, [100 * layer["saturated"] for layer in layers], color="tab:red", label="saturated units (%)")
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("flow layer")
+    ax.set_ylabel(f"% of units with slope < {record['threshold']}")
+    twin = ax.twinx()
+    twin.plot(index, [layer["median_slope"] for layer in layers], "o-", color="tab:blue", label="median slope")
+    twin.set_ylim(0, 1.05)
+    twin.set_ylabel("median slope (1: linear, 0: saturated)")
+    gap = record.get("gap")
+    facts = f"mean log|det J| {record['mean_log_det']:.2f} nats" + (f", gap {gap:.2f} nats" if gap is not None else "")
+    ax.set_title(f"{title}\n{facts}" if title else facts, fontsize=9)
     fig.savefig(path, dpi=120)
 
 

@@ -86,7 +86,7 @@ class ImageTask(Task):
 
     @torch.no_grad()
     def write_plots(self, run_dir: Path, vae: nn.Module, data: Any, config: Config, metrics: dict[str, Any]) -> None:
-        from pyro_flowvae.plots.images import interleave, plot_kl_per_dim, run_title, save_image_grid
+        from pyro_flowvae.plots.images import interleave, plot_flow_health, plot_kl_per_dim, run_title, save_image_grid
 
         plot_kl_per_dim(
             metrics["kl_per_dim"],
@@ -94,6 +94,9 @@ class ImageTask(Task):
             run_dir / "kl_per_dim.png",
             title=f"{run_title(config)}: {metrics['active_units']} active units",
         )
+        health = metrics.get("flow_health")
+        if health is not None and health["layers"]:
+            plot_flow_health(health, run_dir / "flow_health.png", title=run_title(config))
         if data.image_shape is None:
             return
         device = next(vae.parameters()).device

@@ -142,7 +142,7 @@ def test_bad_parameter_shapes_are_reported():
 
 def test_planar_flow_returns_one_fused_transform_with_the_head_layout():
     torch.manual_seed(0)
-    flow = build_flow("planar", 4, 6, 16)
+    flow = build_flow("planar", 4, 6, 16, centered=False)
     assert isinstance(flow, PlanarFlow)
     h = torch.randn(5, 6)
     (transform,) = flow(h)
@@ -152,3 +152,21 @@ def test_planar_flow_returns_one_fused_transform_with_the_head_layout():
     y, log_det = push([transform], z0)
     y_ref, log_det_ref = push(pyro_chain((b, u, w)), z0)
     assert torch.allclose(y, y_ref, atol=1e-6) and torch.allclose(log_det, log_det_ref, atol=1e-6)
+
+
+def test_a_centered_planar_flow_reads_each_bias_at_the_image_of_zero():
+    """centered: layer k's pre-activation at f_{k-1} o ... o f_1(0) is b_k itself, and the flow equals the plain one
+    with the biases of layer_bias (the same family, reparametrised)."""
+    torch.manual_seed(0)
+    K, L = 4, 3
+    b, u, w = torch.randn(2, K, 1) * 2, torch.randn(2, K, L), torch.randn(2, K, L)
+    centered = FusedPlanar((b, u, w), centered=True)
+    u_hat = FusedPlanar.u_hat(u, w)
+    plain = FusedPlanar((centered.layer_bias(u_hat).unsqueeze(-1), u, w))
+    z = torch.randn(5, 2, L)
+    assert torch.allclose(centered(z), plain(z), atol=1e-5)
+    point = torch.zeros(2, L)
+    for k in range(K):
+        a = (point * w[:, k]).sum(-1) + centered.layer_bias(u_hat)[:, k]
+        assert torch.allclose(a, b[:, k, 0], atol=1e-6)
+        point = point + u_hat[:, k] * torch.tanh(a).unsqueeze(-1)

@@ -40,9 +40,15 @@ SHORT_TIMEOUT_S = 4.0
 LAUNCH_TIMEOUT_S = 90
 
 
-def sgd(params, train):
-    """Plain SGD: its update is linear in the gradient, so a wrongly scaled all-reduce shows (Adam would hide it)."""
-    return torch.optim.SGD(params, lr=train.lr)
+def sgd(params, train, flow_params=()):
+    """Plain SGD: its update is linear in the gradient, so a wrongly scaled all-reduce shows (Adam would hide it);
+    the flow's parameters at train.lr * train.flow_lr_scale, as build_optimizer has them."""
+    flow_ids = {id(p) for p in flow_params}
+    groups = [
+        {"params": [p for p in params if id(p) not in flow_ids]},
+        {"params": [p for p in params if id(p) in flow_ids], "lr": train.lr * train.flow_lr_scale},
+    ]
+    return torch.optim.SGD([g for g in groups if g["params"]], lr=train.lr)
 
 
 def configs(npz: Path) -> dict[str, dict]:
@@ -253,7 +259,7 @@ def reference_run(config, data, make_optim, epochs):
     pyro.set_rng_seed(train.seed)
     vae = config.task.build_model(config, config.task.meta(data))
     params = list(vae.parameters())
-    optim = make_optim(params, train)
+    optim = make_optim(params, train, vae.guide.flow.parameters())
     annealer = ScaleLatents(1.0)
     model, guide = annealer(vae.model), annealer(vae.guide)
     # one ELBO per rank, as each rank has its own (JitTrace_ELBO compiles on its first call, which draws extra
