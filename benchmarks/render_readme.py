@@ -30,7 +30,7 @@ def results_block() -> str:
             f"{cfg['model']['latent_dim']}, Bernoulli likelihood, batch {cfg['train']['batch_size']}, Adam "
             f"{cfg['train']['lr']:g}, KL warm-up {cfg['train']['kl_warmup_epochs']:g} epochs, early stopping on the "
             f"validation ELBO (patience {cfg['train'].get('patience', 'none')}); test figures on "
-            f"{rows[0]['num_test']} test images with the best-validation weights. Measured on this code on "
+            f"{rows[0]['num_test']} test images with the best-validation weights. Measured on "
             f"{data['machine']} (`{path.relative_to(ROOT)}`), with `{data['command']}`.",
             "",
             "| guide | K | epochs (best) | test ELBO | log p(x), K=" + f"{rows[0]['iw_samples']} IW samples"
@@ -269,7 +269,7 @@ def likelihood_block() -> str:
             f"{data['command'].split('--warmup ')[1].split()[0]} epochs, early stopping on the validation ELBO "
             f"(patience {cfg['train'].get('patience')}), best-validation weights; log p(x) with "
             f"{first['iw_samples']} importance samples on {first['num_test']} test images spread evenly over the test "
-            f"set. Measured on this code on {data['machine']} (`{path.relative_to(ROOT)}`, `{data['command']}`).",
+            f"set. Measured on {data['machine']} (`{path.relative_to(ROOT)}`, `{data['command']}`).",
             "",
             "| guide | K | epochs (best) | test ELBO | -log p(x), K=" + f"{first['iw_samples']}"
             " | target | Pareto k > 0.7 | train examples/s (loaded machine) | wall time |",
@@ -299,7 +299,7 @@ def seed_block() -> str:
         st = data["settings"]
         lines = [
             f"{st['data']}; {st['architecture']}; batch {st['batch_size']}, Adam {st['lr']:g}, exactly {st['steps']} "
-            f"steps, no warm-up, IAF with K={st['iaf_flows']}. Measured on this code on {data['machine']} "
+            f"steps, no warm-up, IAF with K={st['iaf_flows']}. Measured on {data['machine']} "
             f"(`{path.relative_to(ROOT)}`, `{data['command']}`).",
             "",
             "| guide | test ELBO | log p(x) (K IW samples) | train examples/s (loaded machine) | "
@@ -373,6 +373,35 @@ def pythae_block() -> str:
     return "\n".join(lines)
 
 
+def guide_only_block() -> str:
+    loaded = _load("guide_only_cpu.json") or _load("guide_only_cuda.json")
+    if loaded is None:
+        return "_Not measured yet: run `python benchmarks/guide_only.py --data-root DATA`._"
+    data, path = loaded
+    st, dec = data["settings"], data["decoder"]
+    lines = [
+        f"One mean-field decoder ({dec['epochs']} epochs of `{dec['config'].split()[0]}`, test log p(x) "
+        f"{dec['test_log_px']:.2f}) frozen; each guide warm-started from its encoder and trained for {st['steps']} "
+        f"steps of batch {st['batch_size']} (Adam {st['lr']}, the flow's parameters at {st.get('flow_lr_scale', 1.0)} of "
+        f"it); all scored with {st['iw_samples']} importance samples "
+        f"on the same {st['test_images']} test images. Gain: the paired ELBO difference against mean-field, with its "
+        f"standard error over the images. Measured on {data['machine']} (`{path}`).",
+        "",
+        "| guide | test ELBO | gain over mean-field (nats) | target | test log p(x) | gap log p(x) - ELBO "
+        "| worst layer saturated | guide parameters |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        target = f">= {r['target_gain']}" if r["target_gain"] is not None else ""
+        sat = f"{r['worst_layer_saturated']:.0%}" if r["worst_layer_saturated"] is not None else ""
+        lines.append(
+            f"| {r['guide']} | {r['test_elbo']:.2f} | {r['elbo_gain_over_mean_field']:+.2f} +- "
+            f"{r['elbo_gain_stderr']:.2f} | {target} | {r['test_log_px']:.2f} | {r['gap_log_px_minus_elbo']:.2f} "
+            f"| {sat} | {r['guide_params']:,} |"
+        )
+    return "\n".join(lines)
+
+
 def config_block() -> str:
     return "```\n" + describe_config() + "\n```"
 
@@ -386,6 +415,7 @@ BLOCKS = {
     "ddp-table": ddp_block,
     "speed-table": speed_block,
     "likelihood-table": likelihood_block,
+    "guide-only-table": guide_only_block,
     "seed-table": seed_block,
     "iw-eval-table": iw_eval_block,
     "pythae-table": pythae_block,
