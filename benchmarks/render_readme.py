@@ -382,8 +382,8 @@ def guide_only_block() -> str:
     lines = [
         f"One mean-field decoder ({dec['epochs']} epochs of `{dec['config'].split()[0]}`, test log p(x) "
         f"{dec['test_log_px']:.2f}) frozen; each guide warm-started from its encoder and trained for {st['steps']} "
-        f"steps of batch {st['batch_size']} (Adam {st['lr']}, the flow's parameters at {st.get('flow_lr_scale', 1.0)} of "
-        f"it); all scored with {st['iw_samples']} importance samples "
+        f"steps of batch {st['batch_size']} (Adam {st['lr']}, the flow's parameters at "
+        f"{st.get('flow_lr_scale', 1.0)} of it); all scored with {st['iw_samples']} importance samples "
         f"on the same {st['test_images']} test images. Gain: the paired ELBO difference against mean-field, with its "
         f"standard error over the images. Measured on {data['machine']} (`{path}`).",
         "",
