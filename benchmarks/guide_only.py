@@ -39,9 +39,11 @@ from tqdm import tqdm  # noqa: E402
 from pyro_flowvae import runs  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*was not registered in the param store because requires_grad=False")
+from pyro_flowvae.config import TrainConfig  # noqa: E402
 from pyro_flowvae.evaluation.images import spread_subset  # noqa: E402
 from pyro_flowvae.evaluation.importance import estimate_log_likelihood  # noqa: E402
 from pyro_flowvae.flows.health import flow_health  # noqa: E402
+from pyro_flowvae.infer.optim import build_optimizer  # noqa: E402
 from pyro_flowvae.infer.svi import AnnealedELBO, DeviceTrace_ELBO  # noqa: E402
 from pyro_flowvae.infer.trainer import training_step  # noqa: E402
 from pyro_flowvae.runs.provenance import machine, versions  # noqa: E402
@@ -92,12 +94,9 @@ def guide_vae(spec: str, decoder_run: Path, overrides: list[str] | None = None):
 def fit_guide(spec: str, decoder_run: Path, data, args: argparse.Namespace) -> dict:
     config, vae = guide_vae(spec, decoder_run, args.overrides)
     params = [p for p in vae.guide.parameters() if p.requires_grad]
-    flow_params = [p for name, p in vae.guide.named_parameters() if name.startswith("flow.")]
-    other = [p for name, p in vae.guide.named_parameters() if not name.startswith("flow.")]
-    groups = [{"params": other}] + (
-        [{"params": flow_params, "lr": args.lr * args.flow_lr_scale}] if flow_params else []
-    )
-    optimizer = torch.optim.Adam(groups, lr=args.lr)
+    # Adam, with the flow's parameters in their own group at lr * flow_lr_scale, as the trainer has it
+    train = TrainConfig(optimizer="adam", lr=args.lr, flow_lr_scale=args.flow_lr_scale)
+    optimizer = build_optimizer(params, train, vae.guide.flow.parameters())
     loss = AnnealedELBO(vae.model, vae.guide, DeviceTrace_ELBO(max_plate_nesting=1))  # the ELBO, one particle
     x = data.train
     generator = torch.Generator().manual_seed(0)
