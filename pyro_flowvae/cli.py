@@ -7,15 +7,16 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from pyro_flowvae.errors import FlowVAEError
+from pyro_flowvae.errors import FlowVAEError, os_error_message
 
 __all__ = ["main", "build_parser"]
 
 EPILOG = """examples:
   pyro-flowvae train examples/configs/mnist_iaf.toml --out runs/iaf --set data.root=DATA --set train.epochs=5
   pyro-flowvae train runs/iaf/config.toml --out runs/iaf --resume --set train.epochs=10
-  pyro-flowvae evaluate runs/iaf --iw-samples 5000
+  pyro-flowvae evaluate runs/iaf --iw-samples 5000          # writes runs/iaf/evaluate_eval.iw_samples=5000.json
   pyro-flowvae sample runs/iaf --num 64 --out samples.png
   pyro-flowvae compare examples/configs/mnist_mean_field.toml --guides mean_field,planar:16,iaf:2 --out runs/cmp
   pyro-flowvae config            # every config key with its default and meaning
@@ -27,6 +28,9 @@ Overrides are dotted keys with TOML values: --set guide.flow=planar --set guide.
 --set model.hidden=[300,300] --set data.limit=none. Figures are nats per datapoint."""
 
 
+DEBUG_HELP = "show the full Python traceback of an error (without it, errors are one message and exit code 1 or 2)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyro-flowvae",
@@ -35,16 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub_add = sub.add_parser
 
-    def overrides(p: argparse.ArgumentParser) -> None:
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub_add(name, parents=[common], **kwargs)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
+
+    def overrides(p: argparse.ArgumentParser, text: str = "override a config key, e.g. --set guide.flow=iaf") -> None:
         p.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a config key, e.g. --set guide.flow=iaf (repeatable)",
+            "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=f"{text} (repeatable)"
         )
 
     p = sub.add_parser(
@@ -66,10 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines or progress bars")
 
-    p = sub.add_parser("evaluate", help="re-score a run on its test set (ELBO, IW log p(x), Pareto k)")
+    p = sub.add_parser(
+        "evaluate",
+        help="re-score a run on its test set (ELBO, IW log p(x), Pareto k)",
+        description="Re-score a run's best model on its test set. metrics.json keeps the figures of training; "
+        "these are written to RUN_DIR/evaluate.json, or RUN_DIR/evaluate_<overrides>.json with --iw-samples or "
+        "--set, together with the overrides and whether the data are those the run was trained on.",
+    )
     p.add_argument("run_dir", help="a run directory written by train")
     p.add_argument("--iw-samples", type=int, default=None, help="importance samples K per datapoint")
-    overrides(p)
+    overrides(
+        p,
+        "override how the run is scored or on which data, e.g. --set eval.test_limit=2000 or --set "
+        "data.path=other.npz (eval.* and data.* keys only: the model is the run's)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
     p = sub.add_parser("sample", help="draw images from a run's model into a PNG grid")
@@ -87,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="folder for one run directory per guide")
     overrides(p)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted comparison in --out: finished guides are reused, the interrupted one resumes "
+        "from its checkpoint, the rest are trained",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
     sub.add_parser("config", help="list every config key with its type, default and meaning")
@@ -97,14 +121,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rank = os.environ.get("RANK") if os.environ.get("WORLD_SIZE") else None
     prefix = f"rank {rank}: " if rank is not None else ""
+    debug = getattr(args, "debug", False)
+    where = f"{prefix}pyro-flowvae {args.command}"
     try:
         return _run(args)
     except FlowVAEError as error:
-        print(f"{prefix}pyro-flowvae {args.command}: error: {error}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"{where}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{prefix}pyro-flowvae {args.command}: {_interrupted_message(args)}", file=sys.stderr)
+        print(f"{where}: {_interrupted_message(args)}", file=sys.stderr)
         return 130
+    except OSError as error:  # a file the command reads or writes outside the checked paths
+        if debug:
+            raise
+        print(f"{where}: error: {os_error_message(error)}", file=sys.stderr)
+        return 1
+    except Exception as error:  # noqa: BLE001 - the one place that turns the unforeseen into a message
+        if debug:
+            raise
+        print(
+            f"{where}: unexpected error: {type(error).__name__}: {error}\n"
+            f"This is a bug or a failure pyro-flowvae does not foresee; run the same command with --debug for the "
+            "traceback, and report it with that traceback",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         from pyro_flowvae.infer.distributed import cleanup
 
@@ -134,6 +177,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         _print_metrics(metrics)
         _print_flow_health(metrics)
+        print(f"wrote {metrics['evaluation_file']} (metrics.json keeps the figures of training)")
         return 0
     if args.command == "sample":
         runs.sample_run(args.run_dir, args.num, args.out, seed=args.seed)
@@ -142,7 +186,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "compare":
         guides = [g.strip() for g in args.guides.split(",") if g.strip()]
         overrides = list(args.overrides) + (["train.progress=false"] if args.quiet else [])
-        rows = runs.compare(args.config, guides, args.out, overrides, verbose=not args.quiet)
+        rows = runs.compare(args.config, guides, args.out, overrides, verbose=not args.quiet, resume=args.resume)
         print(runs.format_table(rows))
         return 0
     raise AssertionError(args.command)
@@ -150,10 +194,18 @@ def _run(args: argparse.Namespace) -> int:
 
 def _interrupted_message(args: argparse.Namespace) -> str:
     """What an interrupted command left behind, and how to go on: only what is there."""
-    if args.command != "train":
-        return "interrupted"
     from pathlib import Path
 
+    if args.command == "compare":
+        out = Path(args.out)
+        if any(out.glob("*/checkpoint.pt")):
+            return (
+                f"interrupted; the guides' run directories in {out} are kept: continue with the same command and "
+                "--resume (finished guides are reused, the interrupted one resumes from its last epoch)"
+            )
+        return f"interrupted before any guide finished an epoch; {out} holds no checkpoint: start again"
+    if args.command != "train":
+        return "interrupted"
     out = Path(args.out)
     if (out / "checkpoint.pt").is_file():
         return (

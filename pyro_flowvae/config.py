@@ -47,6 +47,7 @@ __all__ = [
     "config_diff",
     "flatten_config",
     "describe_config",
+    "PATH_KEYS",
 ]
 
 LIKELIHOODS = tuple(LIKELIHOOD_REGISTRY)
@@ -99,7 +100,7 @@ class ModelConfig:
     latent_dim: int = field(default=32, metadata=_doc("dimension L of the latent z", min=1))
     hidden: list[int] = field(
         default_factory=lambda: [512],
-        metadata=_doc("hidden widths of the encoder MLP; the decoder uses them reversed", min=1),
+        metadata=_doc("hidden widths of the encoder MLP; the decoder uses them reversed", min=1, nonempty=True),
     )
     activation: str = field(default="relu", metadata=_doc("hidden activation", choices=ACTIVATIONS))
     likelihood: str = field(
@@ -240,6 +241,14 @@ class TrainConfig:
             min=1,
         ),
     )
+    divergence_factor: float = field(
+        default=10.0,
+        metadata=_doc(
+            "stop the run as diverged when the validation ELBO falls more than this many times its magnitude at "
+            "initialisation below its value there (a finite divergence: a NaN or infinite loss stops it always)",
+            min_exclusive=0.0,
+        ),
+    )
     restore_best: bool = field(
         default=True,
         metadata=_doc(
@@ -294,6 +303,7 @@ class GPConfig:
             "length scale(s) in time units: one value shared by all channels, one per channel, or a few spread "
             "over the channels in equal groups (Fortuin's several length scales)",
             min_exclusive=0.0,
+            nonempty=True,
         ),
     )
     variance: float = field(default=1.0, metadata=_doc("kernel variance", min_exclusive=0.0))
@@ -367,11 +377,19 @@ class Config:
         """Read a TOML file, apply dotted overrides (``"guide.flow=iaf"`` or ``{"guide.flow": "iaf"}``)."""
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+            what = "is a folder, not a file" if path.is_dir() else "does not exist"
+            raise ConfigError(f"config file {path} {what}; pass a TOML file such as examples/configs/mnist_iaf.toml")
         try:
-            raw = tomllib.loads(path.read_text())
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{path} is not valid TOML: {error}") from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(
+                f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); TOML files are UTF-8: save it "
+                "as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+            ) from None
+        except OSError as error:
+            raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from None
         return cls.from_dict(_apply_overrides(raw, overrides))
 
     def with_overrides(self, overrides: Iterable[str] | Mapping[str, Any]) -> Config:
@@ -383,11 +401,30 @@ class Config:
         """Nested plain dicts; keys whose value is None are left out (TOML has no null)."""
         return _drop_none(dataclasses.asdict(self))
 
+    def with_resolved_paths(self, base: str | Path | None = None) -> Config:
+        """A copy whose file and folder keys (:data:`PATH_KEYS`) are absolute: relative ones are read against
+        ``base`` (default: the working directory), as the command that typed them meant. A run directory then
+        works from any working directory."""
+        base_path = Path.cwd() if base is None else Path(base)
+        changes = {}
+        for key in PATH_KEYS:
+            section, name = key.split(".")
+            value = getattr(getattr(self, section), name)
+            if value is not None:
+                resolved = str((base_path / Path(value).expanduser()).resolve())
+                if resolved != value:
+                    changes[key] = resolved
+        return self.with_overrides(changes) if changes else self
+
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_toml())
+        """Write the TOML atomically (a reader never sees a torn file)."""
+        from pyro_flowvae._atomic import atomic_write
+
+        text = self.to_toml()
+        atomic_write(path, lambda handle: handle.write(text))
 
     # -- checks ---------------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -405,10 +442,14 @@ class Config:
                     f"guide.options.{family} must be a table of that family's options, e.g. "
                     f"[guide.options.iaf] hidden_dims = [64, 64]; got {options!r}"
                 )
-            try:
-                check_flow_options(family, dict(options))
-            except ConfigError as error:
-                raise ConfigError(f"guide.options.{family}: {error}") from None
+            from pyro_flowvae.flows import FLOWS
+
+            if family not in FLOWS:
+                raise ConfigError(
+                    f"guide.options.{family}: unknown flow {family!r}; the tables of guide.options are named by "
+                    f"flow: {', '.join(sorted(FLOWS))}"
+                )
+            check_flow_options(family, dict(options))  # the message names guide.options.<family>.<key>
         self.task.check_config(self)  # keys another task reads are errors here
         if self.model.prior == "gp":
             from pyro_flowvae.priors.kernels import build_kernel
@@ -435,6 +476,10 @@ class Config:
                 f"guide.num_flows = {self.guide.num_flows} but guide.flow = {self.guide.flow!r} needs at least 1 "
                 "layer; set guide.num_flows >= 1 or guide.flow = 'mean_field'"
             )
+
+
+#: config keys that name a file or folder; stored resolved in a run directory (:meth:`Config.with_resolved_paths`)
+PATH_KEYS = ("data.root", "data.path", "data.cache_dir")
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] | Mapping[str, Any] | None = None) -> Config:
@@ -614,6 +659,8 @@ def _validate_section(section: Any, name: str) -> None:
         value = _check_type(getattr(section, f.name), hints[f.name], key)
         setattr(section, f.name, value)
         meta = f.metadata
+        if meta.get("nonempty") and isinstance(value, list) and not value:
+            raise ConfigError(f"{key} = [] is empty; give at least one value, e.g. {key} = {f.default_factory()!r}")
         if "choices" in meta and value not in meta["choices"]:
             close = difflib.get_close_matches(str(value), meta["choices"], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""

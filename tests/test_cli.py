@@ -76,9 +76,14 @@ def test_train_evaluate_sample_end_to_end(tmp_path, image_npz, capsys):
     assert [layer["layer"] for layer in health["layers"]] == [1, 2, 3] and (run / "flow_health.png").is_file()
     assert health["gap"] == pytest.approx(metrics["test_log_px"] - metrics["test_elbo"])
     capsys.readouterr()
+    trained = (run / "metrics.json").read_bytes()
     assert main(["evaluate", str(run), "--iw-samples", "50", "--quiet"]) == 0
-    assert json.loads((run / "metrics.json").read_text())["iw_samples"] == 50
+    assert (run / "metrics.json").read_bytes() == trained  # the figures of training are kept
+    rescored = json.loads((run / "evaluate_eval.iw_samples=50.json").read_text())
+    assert rescored["iw_samples"] == 50 and rescored["overrides"] == {"eval.iw_samples": 50}
+    assert rescored["same_data_as_training"] is True
     printed = capsys.readouterr().out
+    assert "wrote " + str(run / "evaluate_eval.iw_samples=50.json") in printed
     assert "flow health (planar" in printed and "saturated units (slope < 0.05)" in printed
     assert main(["sample", str(run), "--num", "9", "--out", str(tmp_path / "s.png")]) == 0
     png = (tmp_path / "s.png").read_bytes()
@@ -214,9 +219,8 @@ def test_evaluating_on_data_of_another_dimension_names_both(tmp_path, image_npz,
     assert main(["train", str(config), "--out", str(run), "--quiet"]) == 0
     assert main(["evaluate", str(run), "--set", f"data.path={tiny_npz}", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert (
-        "data_dim: checkpoint has 20, the data have 12" in err and "score the run on the data it was trained on" in err
-    ), err
+    assert "data_dim: checkpoint has 20, the data have 12" in err, err
+    assert "score the run on data of the shape it was trained on" in err, err
 
 
 def test_gaussian_likelihood_on_real_valued_user_data(tmp_path):

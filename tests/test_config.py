@@ -126,7 +126,9 @@ def test_every_key_is_documented():
 
 def test_flow_options_are_per_family_and_checked_when_the_config_is_read():
     with pytest.raises(
-        ConfigError, match=r"guide\.options\.spline: unknown guide\.options key\(s\) 'count_bin'.*accepts"
+        ConfigError,
+        match=r"unknown key\(s\) guide\.options\.spline\.count_bin for flow 'spline' \(did you mean "
+        r"guide\.options\.spline\.count_bins\?\).*accepts",
     ):
         load_config(None, ["guide.flow=mean_field", "guide.options.spline.count_bin=4"])
     with pytest.raises(ConfigError, match=r"guide\.options\.splin: unknown flow 'splin'"):

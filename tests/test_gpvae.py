@@ -220,7 +220,7 @@ def test_cli_healing_mnist_run_reports_imputation_figures(tmp_path, mnist_root):
     assert cli_main(args_resume) == 0
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 3
     assert cli_main(["evaluate", str(out), "--iw-samples", "6"]) == 0
-    assert json.loads((out / "metrics.json").read_text())["iw_samples"] == 6
+    assert json.loads((out / "evaluate_eval.iw_samples=6.json").read_text())["iw_samples"] == 6
 
 
 def test_nan_in_sequence_data_is_refused():

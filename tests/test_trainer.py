@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pyro_flowvae import runs
-from pyro_flowvae.errors import CheckpointError, FlowVAEError, TrainingDivergedError
+from pyro_flowvae.errors import CheckpointError, FlowVAEError, OutputError, TrainingDivergedError
 from pyro_flowvae.infer import checkpoint as checkpoint_module
 from pyro_flowvae.infer.checkpoint import load_checkpoint, save_checkpoint
 from tests.conftest import tiny_config
@@ -63,7 +63,8 @@ def test_nan_loss_mid_training_stops_with_epoch_and_step_and_keeps_the_checkpoin
     def poisoned(self, z):
         calls["n"] += 1
         out = original(self, z)
-        if self.training and calls["n"] > steps_per_epoch + 2 + 1:  # epoch 1, its validation, then 2 good steps
+        # the untrained model's validation, epoch 1 and its validation, then 2 good steps
+        if self.training and calls["n"] > 1 + steps_per_epoch + 1 + 2:
             out = out * float("nan")
         return out
 
@@ -85,7 +86,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint_module.torch, "save", dies_midway)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match=r"disk full writing .*checkpoint\.pt: .*its previous content is intact"):
         save_checkpoint(path, {"epoch": 2, "config": {}})
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1
@@ -209,7 +210,7 @@ def test_a_non_finite_validation_elbo_stops_the_run_and_keeps_the_last_finite_ch
         out = original(self, z)
         if not self.training:
             evaluations["n"] += 1
-            if evaluations["n"] == 2:  # the validation after epoch 2 (one pass over the 40 rows)
+            if evaluations["n"] == 3:  # after the untrained model's and epoch 1's: epoch 2's (one pass, 40 rows)
                 return out * float("inf")
         return out
 
@@ -220,7 +221,7 @@ def test_a_non_finite_validation_elbo_stops_the_run_and_keeps_the_last_finite_ch
         runs.train(config, tmp_path / "run")
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert state["run_state"]["epoch"] == 1 and math.isfinite(state["run_state"]["history"][-1]["valid_elbo"])
-    evaluations["n"] = 1  # the next validation is broken: the first epoch of a new run
+    evaluations["n"] = 1  # the untrained model's validation passes, the first epoch's is broken: no checkpoint
     import tomli_w
 
     path = tmp_path / "c.toml"

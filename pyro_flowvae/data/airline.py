@@ -57,7 +57,14 @@ def load_airline(path: str | os.PathLike[str] | None = None) -> tuple[list[str],
         file = Path(path).expanduser()
         if not file.is_file():
             raise DataError(f"airline file {file} not found; pass path=None to read the packaged copy")
-        source, text = str(file), file.read_text(encoding="utf-8")
+        try:
+            source, text = str(file), file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise DataError(
+                f"{file} is not UTF-8 text (byte {error.start}: {error.reason}); save the CSV as UTF-8"
+            ) from None
+        except OSError as error:
+            raise DataError(f"cannot read airline file {file}: {error.strerror or error}") from None
     months, values = _read_rows(text, source)
     series = torch.tensor(values, dtype=torch.float64)
     if path is None and (len(values) != _PACKAGED_ROWS or float(series.sum()) != _PACKAGED_SUM):

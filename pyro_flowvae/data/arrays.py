@@ -36,11 +36,12 @@ def read_arrays(file: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], bo
     """The arrays stored in a .npy or .npz file (no pickles), and whether it was an .npz archive."""
     file = Path(file)
     try:
-        loaded = np.load(file, allow_pickle=False)
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            with loaded as npz:
-                return {k: npz[k] for k in npz.files}, True
-        return {file.stem: loaded}, False
+        with open(file, "rb") as handle:  # ours to close, also when np.load fails on a truncated file
+            loaded = np.load(handle, allow_pickle=False)
+            if isinstance(loaded, np.lib.npyio.NpzFile):
+                with loaded as npz:
+                    return {k: npz[k] for k in npz.files}, True
+            return {file.stem: loaded}, False
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(
             f"could not read {file} as a .npy or .npz file of numeric arrays (pickles are refused): {e}"
@@ -84,6 +85,11 @@ def load_array_file(
             raise DataError(
                 f"{file}: array {key!r} has shape {a.shape}; expected one example per row: (N, D), (N, H, W) "
                 "or (N, C, H, W)"
+            )
+        if a.shape[0] == 0 or 0 in a.shape[1:]:
+            raise DataError(
+                f"{file}: array {key!r} has shape {a.shape}, which holds no values; give at least one example "
+                "with at least one value per row"
             )
         if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_) or np.iscomplexobj(a):
             raise DataError(f"{file}: array {key!r} has dtype {a.dtype}; expected real numbers")

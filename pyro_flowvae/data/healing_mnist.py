@@ -14,7 +14,7 @@ from torchvision.datasets import MNIST
 
 from pyro_flowvae.data.paths import default_cache_dir
 from pyro_flowvae.data.sequences import SequenceData, SequenceSplits
-from pyro_flowvae.data.torchvision_sets import _resolve_root
+from pyro_flowvae.data.torchvision_sets import read_torchvision_set
 from pyro_flowvae.errors import ConfigError, DataError
 
 __all__ = [
@@ -331,8 +331,7 @@ def _read_mnist(
     """The MNIST train and test sets (images and labels), extracted offline as :func:`load_data` does."""
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir("mnist")
     root_path = Path(root).expanduser() if root is not None else cache
-    source = _resolve_root(MNIST, root_path, cache, download)
-    return MNIST(str(source), train=True, download=False), MNIST(str(source), train=False, download=False)
+    return read_torchvision_set(MNIST, root_path, cache, download)
 
 
 def _count(name: str, value: Any, most: int, where: str) -> int:

@@ -134,6 +134,11 @@ def load_data(
     if limit is not None:
         train = train[:limit]
     for split, x in (("train", train), ("valid", valid), ("test", test)):
+        if x.shape[0] == 0:
+            raise DataError(
+                f"the {split} split of {name} has no examples; every split needs at least one (check data.path, "
+                "data.valid_size and the arrays of the file)"
+            )
         check_finite(x, split=split)
     binarize, train, valid, test = _binarize(binarize, train, valid, test, seed)
     return DataSplits(name=name, train=train, valid=valid, test=test, image_shape=image_shape, binarize=binarize)

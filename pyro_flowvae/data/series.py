@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pyro_flowvae.errors import ConfigError
+from pyro_flowvae.errors import ConfigError, DataError
 
 __all__ = [
     "SEQUENCE_LOADERS",
@@ -76,6 +76,25 @@ def load_sequence_data(
 ) -> Any:
     """The :class:`~pyro_flowvae.data.sequences.SequenceSplits` of a sequence data set."""
     check_sequence_options(name, options)
+    try:
+        return _load(name, root=root, options=options, seed=seed, cache_dir=cache_dir, download=download, path=path)
+    except DataError as error:  # "num_valid must be ..." from the loader reads "data.options.num_valid must be ..."
+        message = str(error)
+        if message.split(" ", 1)[0] in sequence_option_names(name):
+            raise DataError(f"data.options.{message}") from None
+        raise
+
+
+def _load(
+    name: str,
+    *,
+    root: str,
+    options: Mapping[str, Any],
+    seed: int,
+    cache_dir: str | None,
+    download: bool,
+    path: str | None,
+) -> Any:
     if name == "healing_mnist":
         from pyro_flowvae.data.healing_mnist import load_healing_mnist
 

@@ -3,13 +3,16 @@
 torchvision reads ``ROOT/MNIST/raw/*-ubyte`` (``ROOT/FashionMNIST/raw``). When only the original
 ``*-ubyte.gz`` files are there, we check their MD5 sums against torchvision's list and decompress them
 ourselves: into ``ROOT/<Set>/raw`` when that folder is writable, otherwise into the cache (``cache_dir``), so
-a read-only root is never written to. Nothing touches the network unless ``download=True`` and the files
-are absent.
+a read-only root is never written to. The cache keeps each extraction under a key of the source files' path,
+size and checksum (:func:`source_key`), and the ``.gz`` files are checked at every load, so a different or
+corrupted root is never hidden by an older extraction. Nothing touches the network unless ``download=True``
+and the files are absent.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -19,13 +22,20 @@ from urllib.error import URLError
 import torch
 from torch import Tensor
 from torchvision.datasets import MNIST, FashionMNIST
-from torchvision.datasets.utils import check_integrity
+from torchvision.datasets.utils import calculate_md5, check_integrity
 
 from pyro_flowvae._atomic import atomic_write
 from pyro_flowvae.data.paths import default_cache_dir, is_writable_dir
 from pyro_flowvae.errors import DataError
 
-__all__ = ["TORCHVISION_SETS", "IMAGE_SHAPE", "load_torchvision_set"]
+__all__ = [
+    "TORCHVISION_SETS",
+    "IMAGE_SHAPE",
+    "load_torchvision_set",
+    "read_torchvision_set",
+    "extraction_root",
+    "source_key",
+]
 
 #: data set name -> torchvision class
 TORCHVISION_SETS: dict[str, type[MNIST]] = {"mnist": MNIST, "fashion_mnist": FashionMNIST}
@@ -54,6 +64,22 @@ def _has_extracted(root: Path, cls: type[MNIST]) -> bool:
 
 def _has_gz(root: Path, cls: type[MNIST]) -> bool:
     return all((_raw(root, cls) / f).is_file() for f in _gz_names(cls))
+
+
+def source_key(raw: Path, cls: type[MNIST]) -> str:
+    """16 hex digits of SHA-256 over the resolved path, size and MD5 sum of each ``.gz`` file in ``raw``: the
+    cache folder of what was extracted from them, so that files from another root, or changed ones, never
+    reuse an older extraction."""
+    digest = hashlib.sha256()
+    for fname, _ in cls.resources:
+        file = (raw / fname).resolve()
+        digest.update(f"{file}|{file.stat().st_size}|{calculate_md5(str(file))};".encode())
+    return digest.hexdigest()[:16]
+
+
+def extraction_root(cache: Path, raw: Path, cls: type[MNIST]) -> Path:
+    """Where the files of a read-only ``raw`` are extracted: ``cache/<source_key>`` (holding ``<Set>/raw``)."""
+    return cache / source_key(raw, cls)
 
 
 def _verify_gz(raw: Path, cls: type[MNIST]) -> None:
@@ -102,11 +128,11 @@ def _resolve_root(cls: type[MNIST], root: Path, cache: Path, download: bool) -> 
     if _has_extracted(root, cls):
         return root
     if _has_gz(root, cls):
-        if root != cache and _has_extracted(cache, cls):
-            return cache
         raw = _raw(root, cls)
-        _verify_gz(raw, cls)
-        target = root if is_writable_dir(raw) else cache
+        _verify_gz(raw, cls)  # every time: a corrupted file is never hidden by an earlier extraction
+        target = root if is_writable_dir(raw) else extraction_root(cache, raw, cls)
+        if target != root and _has_extracted(target, cls):
+            return target
         try:
             _extract(raw, _raw(target, cls), cls)
         except OSError as e:
@@ -126,6 +152,22 @@ def _resolve_root(cls: type[MNIST], root: Path, cache: Path, download: bool) -> 
             f"{', '.join(_gz_names(cls))} into {_raw(root, cls)} instead."
         ) from e
     return target
+
+
+def read_torchvision_set(cls: type[MNIST], root: Path, cache: Path, download: bool) -> tuple[MNIST, MNIST]:
+    """The train and test sets of ``cls`` (extracting or downloading first, as :func:`_resolve_root` does); a
+    truncated or corrupted extracted file is a :class:`DataError` that says which folder to clear."""
+    source = _resolve_root(cls, root, cache, download)
+    try:
+        return cls(str(source), train=True, download=False), cls(str(source), train=False, download=False)
+    except (RuntimeError, ValueError, OSError, EOFError, IndexError, AssertionError) as e:  # torchvision asserts
+        raw = _raw(source, cls)
+        raise DataError(
+            f"the extracted {cls.__name__} files in {raw} cannot be read ({str(e) or type(e).__name__}); one is "
+            "truncated or corrupted. "
+            f"Delete the *-ubyte files there (not the .gz files): they are extracted again from the .gz files, "
+            "or copy the original files there again"
+        ) from None
 
 
 def _to_float(images: Tensor) -> Tensor:
@@ -150,9 +192,7 @@ def load_torchvision_set(
     cls = TORCHVISION_SETS[name]
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(name)
     root_path = Path(root).expanduser() if root is not None else cache
-    source = _resolve_root(cls, root_path, cache, download)
-    train_set = cls(str(source), train=True, download=False)
-    test_set = cls(str(source), train=False, download=False)
+    train_set, test_set = read_torchvision_set(cls, root_path, cache, download)
     n = train_set.data.shape[0]
     if not 0 <= valid_size < n:
         raise DataError(f"valid_size must be in [0, {n - 1}] for {name} ({n} training images), got {valid_size}")

@@ -109,10 +109,12 @@ def evaluate_sequences(
         if horizon:
             metrics.update(_forecast(imputation, test, data, config.level))
             return metrics
+        metrics["missing_share"] = float((test.mask == 0).float().mean())
+        if metrics["missing_share"] == 0.0:
+            return metrics  # nothing is missing (e.g. data.options.missing_rate = 0): nothing to impute or score
         figures = imputation_metrics(imputation, test)
         metrics["test_mse_missing"] = figures["mse"]
         metrics["test_nll_missing"] = figures.get("nll")
-        metrics["missing_share"] = float((test.mask == 0).float().mean())
         baselines = _imputation_baselines(data, test)
         if test.labels is not None and data.train.labels is not None:
             from pyro_flowvae.evaluation.metrics import logistic_regression_auroc

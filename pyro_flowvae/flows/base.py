@@ -146,13 +146,13 @@ class AutoregressiveFlow(ConditionalFlow):
             return default_hidden_dims(self.latent_dim)
         if isinstance(hidden_dims, (str, bytes)) or not isinstance(hidden_dims, Sequence) or not hidden_dims:
             raise ConfigError(
-                f"guide.options.hidden_dims of flow {self.flow_name!r} must be a non-empty list of "
-                f"integers, got {hidden_dims!r}"
+                f"guide.options.{self.flow_name}.hidden_dims must be a non-empty list of integers, e.g. "
+                f"[{4 * self.latent_dim}, {4 * self.latent_dim}], got {hidden_dims!r}"
             )
         for width in hidden_dims:
             check_size(
                 width,
-                f"each of guide.options.hidden_dims of flow {self.flow_name!r}",
+                f"each of guide.options.{self.flow_name}.hidden_dims",
                 self.latent_dim,
                 " (a MADE layer must be at least as wide as model.latent_dim)",
             )

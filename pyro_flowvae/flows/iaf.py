@@ -58,7 +58,7 @@ class IAFFlow(AutoregressiveFlow):
         stable: bool = False,
     ) -> None:
         if not isinstance(stable, bool):
-            raise ConfigError(f"guide.options.stable of flow 'iaf' must be true or false, got {stable!r}")
+            raise ConfigError(f"guide.options.iaf.stable must be true or false, got {stable!r}")
         self.stable = stable
         super().__init__(latent_dim, context_dim, num_flows, param_dims=[1, 1], hidden_dims=hidden_dims)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -65,8 +66,15 @@ def check_flow_options(name: str, options: dict[str, Any]) -> None:
     known = flow_options(name)
     unknown = sorted(set(options) - set(known))
     if unknown:
-        accepts = f"{name} accepts: {', '.join(sorted(known))}" if known else f"{name} takes no options"
-        raise ConfigError(f"unknown guide.options key(s) {', '.join(map(repr, unknown))} for flow {name!r}; {accepts}")
+        accepts = (
+            f"{name} accepts: {', '.join(f'guide.options.{name}.{k}' for k in sorted(known))}"
+            if known
+            else f"{name} takes no options"
+        )
+        close = [m for k in unknown for m in difflib.get_close_matches(k, known, n=1)]
+        hint = f" (did you mean guide.options.{name}.{close[0]}?)" if close else ""
+        keys = ", ".join(f"guide.options.{name}.{k}" for k in unknown)
+        raise ConfigError(f"unknown key(s) {keys} for flow {name!r}{hint}; {accepts}")
 
 
 def build_flow(name: str, latent_dim: int, context_dim: int, num_flows: int, **options: Any) -> ConditionalFlow:

@@ -65,13 +65,11 @@ class SplineFlow(AutoregressiveFlow):
         order: str = "linear",
         hidden_dims: Sequence[int] | None = None,
     ) -> None:
-        self.count_bins = check_size(count_bins, "guide.options.count_bins of flow 'spline'", 2)
+        self.count_bins = check_size(count_bins, "guide.options.spline.count_bins", 2)
         if isinstance(bound, bool) or not isinstance(bound, (int, float)) or not 0 < bound < math.inf:
-            raise ConfigError(f"guide.options.bound of flow 'spline' must be a number > 0, got {bound!r}")
+            raise ConfigError(f"guide.options.spline.bound must be a number > 0, got {bound!r}")
         if order not in SPLINE_ORDERS:
-            raise ConfigError(
-                f"guide.options.order of flow 'spline' must be one of {', '.join(SPLINE_ORDERS)}, got {order!r}"
-            )
+            raise ConfigError(f"guide.options.spline.order must be one of {', '.join(SPLINE_ORDERS)}, got {order!r}")
         self.bound = float(bound)
         self.order = order
         # Pyro's conditional_spline_autoregressive always asks for the linear spline's 4 outputs, which

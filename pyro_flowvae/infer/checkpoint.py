@@ -11,16 +11,28 @@ from pyro_flowvae._atomic import atomic_write
 from pyro_flowvae.config import Config, config_diff
 from pyro_flowvae.errors import CheckpointError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "check_data_shape", "RESUMABLE_KEYS", "FORMAT_VERSION"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "check_data_shape",
+    "resumable",
+    "RESUMABLE_KEYS",
+    "RESUMABLE_PREFIXES",
+    "NOTICED_KEYS",
+    "FORMAT_VERSION",
+]
 
 #: 2: torch.optim optimizer state, a RunState, no RNG state (the noise is seeded per step); 1: pyro.optim state
 #: 2: training moved to torch.optim. 3: the guide's flow acts on standardized noise and planar layers are
 #: centered, so the same weights of format 2 mean another q(z | x).
 FORMAT_VERSION = 3
 
-#: keys that may change between a run and its resumption (they do not change the model or its training path)
+#: keys that may change between a run and its resumption: they do not change the model or the trained state, or
+#: they are a deliberate choice (a smaller ``train.lr`` is what the divergence message recommends). Where the data
+#: live (``data.root``, ``data.path``) may change too: the data's fingerprint is compared instead.
 RESUMABLE_KEYS = (
     "train.epochs",
+    "train.lr",
     "distributed.backend",
     "distributed.timeout_s",
     "train.patience",
@@ -31,7 +43,17 @@ RESUMABLE_KEYS = (
     "data.root",
     "data.download",
     "data.cache_dir",
+    "data.path",
 )
+#: every key under these may change on resume (evaluation settings do not touch the trained state)
+RESUMABLE_PREFIXES = ("eval.",)
+#: resumable keys whose change alters the training from then on: the resumed run records a notice in log.jsonl
+NOTICED_KEYS = ("train.lr",)
+
+
+def resumable(key: str) -> bool:
+    """Whether a resumed run may change config key ``key`` (:data:`RESUMABLE_KEYS`, :data:`RESUMABLE_PREFIXES`)."""
+    return key in RESUMABLE_KEYS or key.startswith(RESUMABLE_PREFIXES)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -65,12 +87,13 @@ def load_checkpoint(
             "pyro-flowvae version that wrote it"
         )
     if config is not None:
-        diff = {k: v for k, v in config_diff(state["config"], config).items() if k not in RESUMABLE_KEYS}
+        diff = {k: v for k, v in config_diff(state["config"], config).items() if not resumable(k)}
         if diff:
             lines = "\n".join(f"  {k}: checkpoint has {a!r}, config has {b!r}" for k, (a, b) in diff.items())
             raise CheckpointError(
                 f"checkpoint {path} was written with a different config:\n{lines}\n"
-                "resume with the run's own config (RUN_DIR/config.toml) or start a new run directory"
+                "resume with the run's own config (RUN_DIR/config.toml) or start a new run directory; a resumed run "
+                f"may change only {', '.join(RESUMABLE_KEYS)} and the keys under {', '.join(RESUMABLE_PREFIXES)}"
             )
     if meta is not None:
         check_data_shape(state, meta, path, "resume with the data the run was trained on, or start a new run directory")
@@ -78,9 +101,18 @@ def load_checkpoint(
 
 
 def check_data_shape(state: dict[str, Any], meta: dict[str, Any], path: str | Path, fix: str) -> None:
-    """Raise :class:`CheckpointError` naming every key of ``meta`` (the data's dimension and shape) in which the
-    checkpoint ``state`` differs, and ``fix``."""
-    differs = {k: (state.get(k), v) for k, v in meta.items() if state.get(k) != v}
+    """Raise :class:`CheckpointError` naming every key of ``meta`` (the data's dimension and shape, and with
+    ``data_fingerprint`` their content) in which the checkpoint ``state`` differs, and ``fix``. A checkpoint
+    written before fingerprints were stored is not compared on the fingerprint."""
+    differs = {
+        k: (state.get(k), v)
+        for k, v in meta.items()
+        if state.get(k) != v and not (k == "data_fingerprint" and k not in state)
+    }
     if differs:
         lines = "\n".join(f"  {k}: checkpoint has {a!r}, the data have {b!r}" for k, (a, b) in differs.items())
-        raise CheckpointError(f"checkpoint {path} was trained on data of another shape:\n{lines}\n{fix}")
+        what = "another shape" if set(differs) - {"data_fingerprint"} else "other content (the same shape)"
+        raise CheckpointError(
+            f"checkpoint {path} was trained on data of {what}:\n{lines}\n"
+            "(data.path or data.root now names other data than the run was trained on, or the files changed); " + fix
+        )

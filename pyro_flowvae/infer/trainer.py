@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -66,6 +67,8 @@ class RunState:
     best_epoch: int = 0
     patience_left: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: the validation ELBO of the untrained model, the reference of ``train.divergence_factor``
+    initial_valid_elbo: float | None = None
 
 
 def epoch_record(
@@ -195,7 +198,7 @@ class Trainer:
             raise
 
     def _fit(self, resume: bool) -> TrainResult:
-        cfg, train, info, vae = self.config, self.config.train, self.info, self.vae
+        train, info, vae = self.config.train, self.info, self.vae
         self._where["phase"] = "the initial check that ranks agree"
         init_spread = parameter_spread(vae, info)
         params = [p for p in vae.parameters() if p.requires_grad]
@@ -204,6 +207,7 @@ class Trainer:
         scheduler = build_scheduler(optimizer, train)
         state = RunState(patience_left=train.patience)
         best_weights: dict[str, Tensor] | None = None
+        notice: str | None = None
         if resume:
             self._where["phase"] = "loading the checkpoint"
             checkpoint, best_weights = self._load_for_resume()
@@ -214,6 +218,7 @@ class Trainer:
             state = RunState(**checkpoint["run_state"])
             if checkpoint["config"]["train"].get("patience") != train.patience:
                 state.patience_left = train.patience  # a new patience starts counting afresh
+            notice = self._apply_new_lr(checkpoint["config"]["train"]["lr"], optimizer, scheduler)
             if best_weights is not None:
                 best_weights = {k: v.to(self.device) for k, v in best_weights.items()}
             self._saved = True
@@ -235,6 +240,9 @@ class Trainer:
             module = DistributedDataParallel(
                 loss, device_ids=device_ids, find_unused_parameters=hold_flows, **NO_BUFFER_SYNC
             )
+        if state.initial_valid_elbo is None and not resume:
+            self._where["phase"] = "the validation ELBO of the untrained model"
+            state.initial_valid_elbo = self._valid_elbo(0)
         binarizer = torch.Generator(device=self.device) if self.dynamic_binarize else None
         self._check_params = True
         stopped_early = False
@@ -300,12 +308,18 @@ class Trainer:
             bar.close()
 
             self._where.update(phase="the validation ELBO", step=steps_per_epoch)
-            vae.eval()
-            with pyro.validation_enabled(False):
-                valid = distributed_elbo(vae, self.valid_data, cfg.eval.valid_samples, train.seed, info, epoch=epoch)
-            valid_elbo = float(valid.mean())
+            valid_elbo = self._valid_elbo(epoch)
             if not math.isfinite(valid_elbo):  # stop before this epoch's weights replace the last finite checkpoint
                 self._diverged("the validation ELBO", valid_elbo, f"after epoch {epoch}", beta)
+            floor = self._divergence_floor(state)
+            if floor is not None and valid_elbo < floor:
+                self._diverged(
+                    "the validation ELBO",
+                    valid_elbo,
+                    f"after epoch {epoch}, below {floor:.4g}, {train.divergence_factor:g} times its magnitude below "
+                    f"the untrained model's {state.initial_valid_elbo:.4g} (train.divergence_factor)",
+                    beta,
+                )
             # the slowest rank sets the pace: every rank reports its time
             seconds = float(all_reduce(torch.tensor([epoch_seconds], dtype=torch.float64), info, dist.ReduceOp.MAX))
             self._where["phase"] = "the check that ranks agree"
@@ -324,6 +338,8 @@ class Trainer:
                 "world_size": info.world_size,
                 "param_spread": spread,
             }
+            if notice is not None:
+                record["notice"], notice = notice, None  # the first epoch after a resume that changed train.lr
             step_scheduler(scheduler, valid_elbo)
             state.epoch = epoch
             state.history.append(record)
@@ -365,6 +381,48 @@ class Trainer:
             },
         )
 
+    def _valid_elbo(self, epoch: int) -> float:
+        """The validation ELBO per datapoint (epoch 0: the untrained model's), the same on every rank."""
+        self.vae.eval()
+        with pyro.validation_enabled(False):
+            valid = distributed_elbo(
+                self.vae, self.valid_data, self.config.eval.valid_samples, self.config.train.seed, self.info,
+                epoch=epoch,
+            )  # fmt: skip
+        return float(valid.mean())
+
+    def _divergence_floor(self, state: RunState) -> float | None:
+        """The validation ELBO below which the run counts as diverged: the untrained model's ELBO minus
+        ``train.divergence_factor`` times its magnitude (plus one nat); None when that ELBO is unknown."""
+        start = state.initial_valid_elbo
+        if start is None or not math.isfinite(start):
+            return None
+        return start - self.config.train.divergence_factor * (abs(start) + 1.0)
+
+    def _apply_new_lr(self, old_lr: float, optimizer: torch.optim.Optimizer, scheduler: Any) -> str | None:
+        """After a resume with another ``train.lr``: scale every parameter group's learning rate (and the
+        schedule's base rates) by new / old, and return the notice that log.jsonl and the console show."""
+        new_lr = self.config.train.lr
+        if new_lr == old_lr:
+            return None
+        ratio = new_lr / old_lr
+        for group in optimizer.param_groups:
+            group["lr"] *= ratio
+            if "initial_lr" in group:
+                group["initial_lr"] *= ratio
+        if scheduler is not None:
+            if hasattr(scheduler, "base_lrs"):
+                scheduler.base_lrs = [lr * ratio for lr in scheduler.base_lrs]
+            if hasattr(scheduler, "_last_lr"):
+                scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+        notice = (
+            f"resumed with train.lr = {new_lr:g} (the run was trained at {old_lr:g}); every learning rate, the "
+            f"schedule's included, scaled by {ratio:g}"
+        )
+        if self.info.is_main:
+            print(f"notice: {notice}", file=sys.stderr, flush=True)
+        return notice
+
     def _step(
         self, module: nn.Module, optimizer: torch.optim.Optimizer, params: list[nn.Parameter], args: tuple
     ) -> Tensor:
@@ -395,17 +453,18 @@ class Trainer:
             raise ValueError("this trainer has no run directory")
         return self.run_dir / name
 
-    def _kept(self) -> str:
+    def _kept(self, diverged: bool = False) -> str:
         if self.run_dir is not None and self._saved:
             return f"the checkpoint of the last finished epoch, {self._path(CHECKPOINT)}, is intact"
         if self.run_dir is not None:
-            return "no epoch had finished, so there is no checkpoint"
+            ended = "ended with finite losses" if diverged else "finished"
+            return f"no epoch had {ended}, so there is no checkpoint"
         return "there is no run directory, so nothing was saved"
 
     def _diverged(self, what: str, value: float, at: str, beta: float) -> None:
         ranks = f"; summed over the {self.info.world_size} ranks" if self.info.distributed else ""
         raise TrainingDivergedError(
-            f"{what} became {value} {at} (KL weight {beta:.3g}{ranks}); {self._kept()}. "
+            f"{what} became {value} {at} (KL weight {beta:.3g}{ranks}); {self._kept(diverged=True)}. "
             "Try a smaller train.lr, a train.clip_norm, a longer train.kl_warmup_epochs, or fewer flows"
         )
 

@@ -16,7 +16,8 @@ from torch import nn
 
 from pyro_flowvae._atomic import atomic_write
 from pyro_flowvae.config import Config, GuideConfig, load_config
-from pyro_flowvae.errors import ConfigError, FlowVAEError
+from pyro_flowvae.data.fingerprint import data_fingerprint
+from pyro_flowvae.errors import ConfigError, FlowVAEError, OutputError, os_error_message
 from pyro_flowvae.infer.checkpoint import check_data_shape, load_checkpoint
 from pyro_flowvae.infer.distributed import DistInfo, init_distributed, on_main, resolve_device
 from pyro_flowvae.infer.trainer import BEST, CHECKPOINT, Trainer, TrainResult
@@ -88,6 +89,8 @@ def train(
     same function: the processes train data-parallel and rank 0 writes the run directory.
     """
     config = as_config(config, overrides)
+    if out is not None:
+        config = config.with_resolved_paths()  # so that the run directory works from any working directory
     task = config.task
     run_dir = Path(out) if out is not None else None
 
@@ -106,6 +109,15 @@ def train(
     if data is None:  # rank 0 first (it may extract files), then the others read what it extracted
         data = on_main(lambda: task.load_data(config), info) or task.load_data(config)
     result = fit_model(config, data, run_dir, info, resume=resume, on_epoch=report)
+    if verbose and info.is_main and result.stopped_early:
+        scored = "is the one scored" if config.train.restore_best else "is not restored (train.restore_best = false)"
+        print(
+            f"early stopping after epoch {len(result.history)} of train.epochs = {config.train.epochs}: no better "
+            f"validation ELBO for train.patience = {config.train.patience} epochs after the warm-up; the best, "
+            f"{result.best_valid_elbo:.2f} at epoch {result.best_epoch}, {scored}",
+            file=sys.stderr,
+            flush=True,
+        )
     progress = verbose and info.is_main and config.train.progress and sys.stderr.isatty()
     metrics = _run_metrics(task.evaluate(result.vae, data, config, info, progress=progress), result, config, data)
     if info.distributed:
@@ -136,6 +148,7 @@ def fit_model(
     task = config.task
     task.check_data(config, data)
     meta = task.meta(data)
+    meta["data_fingerprint"] = data_fingerprint(data)  # resume refuses other data of the same shape
     pyro.clear_param_store()  # pyro.module keeps stale parameters of an earlier model with the same names
     pyro.set_rng_seed(config.train.seed)
     vae = task.build_model(config, meta)
@@ -192,30 +205,70 @@ def load_run(run_dir: str | Path, device: str = "auto") -> tuple[Config, nn.Modu
     return config, vae.to(resolve_device(device)).eval(), state
 
 
+#: what ``evaluate`` may override: how the run is scored and on which data, never the model it rebuilds
+EVALUATE_PREFIXES = ("eval.", "data.")
+EVALUATE_KEYS = ("train.device", "train.progress")
+
+
+def evaluation_file(overrides: Mapping[str, Any]) -> str:
+    """The file ``evaluate`` writes in the run directory, named by its overrides: ``evaluate.json`` without
+    any, else e.g. ``evaluate_eval.iw_samples=5000.json`` (a digest stands in for a long name)."""
+    if not overrides:
+        return "evaluate.json"
+    parts = "_".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+    slug = "".join(c if c.isalnum() or c in "._=-" else "-" for c in parts)
+    if len(slug) > 100:
+        import hashlib
+
+        slug = slug[:80] + "-" + hashlib.sha256(parts.encode()).hexdigest()[:12]
+    return f"evaluate_{slug}.json"
+
+
 def evaluate_run(
     run_dir: str | Path,
     iw_samples: int | None = None,
     overrides: Mapping[str, Any] | None = None,
     verbose: bool = False,
 ) -> dict[str, Any]:
-    """Re-score a run's best model on its test set (optionally with another K), updating metrics.json."""
+    """Re-score a run's best model on its test set, optionally with other ``eval.*`` settings (``iw_samples``
+    is ``eval.iw_samples``) or other data of the same shape (``data.*``).
+
+    ``metrics.json`` keeps the figures of training; these go to :func:`evaluation_file` in the run directory
+    (its path is ``metrics["evaluation_file"]``), with the overrides, the data's fingerprint and whether those
+    are the data the run was trained on. Overrides of the model, the guide or the training are refused: the
+    checkpoint's weights belong to the model they built."""
     run_dir = Path(run_dir)
-    config, vae, state = load_run(run_dir)
     extra = dict(overrides or {})
     if iw_samples is not None:
         extra["eval.iw_samples"] = iw_samples
+    refused = sorted(k for k in extra if not (k.startswith(EVALUATE_PREFIXES) or k in EVALUATE_KEYS))
+    if refused:
+        raise ConfigError(
+            f"evaluate scores the model a run trained and cannot change it: {', '.join(refused)} would build "
+            "another model (or training) than the checkpoint's weights belong to. evaluate takes only keys under "
+            f"{', '.join(EVALUATE_PREFIXES)} (and {', '.join(EVALUATE_KEYS)}); to try "
+            f"{refused[0]} = {extra[refused[0]]!r}, train a new run: pyro-flowvae train {run_dir / CONFIG_FILE} "
+            f"--out NEW_RUN --set {refused[0]}={extra[refused[0]]}"
+        )
+    config, vae, state = load_run(run_dir)
     config = config.with_overrides(extra) if extra else config
     task = config.task
     data = task.load_data(config)
     task.check_data(config, data)
-    check_data_shape(state, task.meta(data), run_dir, "score the run on the data it was trained on")
+    check_data_shape(state, task.meta(data), run_dir, "score the run on data of the shape it was trained on")
     test_metrics = task.evaluate(vae, data, config, DistInfo(device=next(vae.parameters()).device), progress=verbose)
-    metrics_path = run_dir / METRICS_FILE
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    metrics.update(test_metrics)
-    metrics["versions"] = versions()
-    _write_json(metrics_path, metrics)
-    return metrics
+    fingerprint = data_fingerprint(data)
+    name = evaluation_file(extra)
+    metrics = {
+        **test_metrics,
+        "overrides": extra,
+        "data_fingerprint": fingerprint,
+        "same_data_as_training": state.get("data_fingerprint") == fingerprint if "data_fingerprint" in state else None,
+        "checkpoint_epoch": state.get("epoch"),
+        "versions": versions(),
+    }
+    _write_json(run_dir / name, metrics)
+    return {**metrics, "evaluation_file": str(run_dir / name)}
 
 
 @torch.no_grad()
@@ -277,16 +330,33 @@ def compare(
     out: str | Path,
     overrides: Iterable[str] | Mapping[str, Any] | None = None,
     verbose: bool = False,
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
     """Train the same model with each guide (``guide.flow`` swapped, all else equal) into ``out/<guide>``;
     ``guides`` holds ``name`` or ``name:K`` (K flow layers). Every config is checked before any training.
-    Writes ``out/comparison.json`` and returns one row per guide."""
+    Writes ``out/comparison.json`` and returns one row per guide.
+
+    With ``resume``, an interrupted comparison goes on: a guide whose run finished (its ``metrics.json``
+    written, its checkpoint made with the same config) is not trained again, the one that was cut off resumes
+    from its checkpoint, the others start. Without it, an ``out`` that holds runs already is refused."""
     configs = parse_guide_specs(guides, as_config(config, overrides))
+    out = Path(out)
+    run_dirs = [out / spec.replace(":", "_") for spec in guides]
+    started = [d for d in run_dirs if (d / CHECKPOINT).is_file()]
+    if started and not resume:
+        raise FlowVAEError(
+            f"{out} already holds runs of this comparison ({', '.join(d.name for d in started)}); pass --resume to "
+            "continue it (finished guides are reused, an interrupted one resumes), or choose another --out"
+        )
     data = configs[0].task.load_data(configs[0])
     rows = []
-    for cfg, spec in zip(configs, guides):
-        result = train(cfg, Path(out) / spec.replace(":", "_"), data=data, verbose=verbose)
-        m = result.metrics
+    for cfg, spec, run_dir in zip(configs, guides, run_dirs):
+        m = _finished_metrics(run_dir, cfg) if resume else None
+        if m is None:
+            again = resume and (run_dir / CHECKPOINT).is_file()
+            m = train(cfg, run_dir, data=data, verbose=verbose, resume=again).metrics
+        elif verbose:
+            print(f"{spec}: finished in {run_dir}, reused", file=sys.stderr, flush=True)
         keys = (
             "guide", "num_flows", "test_elbo", "test_elbo_stderr", "test_log_px", "test_log_px_stderr", "iw_samples",
             "num_test", "pareto_k_share_above_0_7", "train_examples_per_s", "num_params", "epochs",
@@ -294,10 +364,24 @@ def compare(
         )  # fmt: skip
         keys = (*keys, *(k for k in cfg.task.metric_keys if k not in keys))  # the task's own metrics
         rows.append({key: m.get(key) for key in keys})
-        _write_json(
-            Path(out) / "comparison.json", {"rows": rows, "config": configs[0].to_dict(), "versions": versions()}
-        )
+        _write_json(out / "comparison.json", {"rows": rows, "config": configs[0].to_dict(), "versions": versions()})
     return rows
+
+
+def _finished_metrics(run_dir: Path, config: Config) -> dict[str, Any] | None:
+    """The metrics of a finished run in ``run_dir`` trained with ``config`` (a checkpoint of another config is
+    refused, naming the keys); None when the run has not finished."""
+    metrics = run_dir / METRICS_FILE
+    if not (metrics.is_file() and (run_dir / CHECKPOINT).is_file()):
+        return None
+    run_state = load_checkpoint(run_dir / CHECKPOINT, config.with_resolved_paths())["run_state"]
+    stopped_early = run_state["patience_left"] is not None and run_state["patience_left"] <= 0
+    if run_state["epoch"] < config.train.epochs and not stopped_early:
+        return None  # scored after a shorter schedule: train.epochs was raised since
+    try:
+        return json.loads(metrics.read_text())
+    except (OSError, ValueError):
+        return None  # unreadable: score the run again
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -330,6 +414,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _prepare_run_dir(run_dir: Path, config: Config, resume: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise OutputError(f"--out {run_dir} is a file, not a folder; choose a folder for the run directory")
     checkpoint = run_dir / CHECKPOINT
     if resume:
         if not checkpoint.is_file():
@@ -339,7 +425,10 @@ def _prepare_run_dir(run_dir: Path, config: Config, resume: bool) -> None:
         raise FlowVAEError(
             f"{run_dir} already holds a run ({CHECKPOINT}); pass --resume to continue it, or choose another --out"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(os_error_message(error, f"creating the run directory --out {run_dir}")) from error
     config.save(run_dir / CONFIG_FILE)
 
 

@@ -124,3 +124,24 @@ def mnist_dynamic(mnist_first_load: tuple[DataSplits, list[str]]) -> DataSplits:
 @pytest.fixture(scope="session")
 def mnist_grey(mnist_root: Path, mnist_first_load: tuple[DataSplits, list[str]]) -> DataSplits:
     return load_data("mnist", root=str(mnist_root), binarize="none")
+
+
+@pytest.fixture
+def read_only_mnist_root(shared_data: Path, tmp_path: Path) -> Iterator[Path]:
+    """A root of our own whose MNIST/raw holds copies of the four original .gz files and has no write permission
+    bits: read-only to the loaders (see ``is_writable_dir``) whether or not ../shared is writable here, and even
+    for root."""
+    source = _shared_subdir(shared_data, "MNIST")
+    root = tmp_path / "read_only_root"
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in MNIST_GZ:
+        shutil.copyfile(source / f, raw / f)
+    folders = (raw, raw.parent, root)
+    for folder in folders:
+        folder.chmod(0o555)
+    try:
+        yield root
+    finally:
+        for folder in reversed(folders):
+            folder.chmod(0o755)

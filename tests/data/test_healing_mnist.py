@@ -225,10 +225,12 @@ class TestLoad:
         assert other.meta["splits"]["train"]["indices"] != hmnist.meta["splits"]["train"]["indices"][:30]
         assert other.meta["missing"] == "mcar"
 
-    def test_read_only_root_is_left_untouched(self, shared_data, tmp_path):
-        before = snapshot(shared_data / "MNIST")
-        data = load_healing_mnist(shared_data, num_train=5, num_valid=2, num_test=3, cache_dir=tmp_path / "cache")
-        assert len(data.train) == 5 and snapshot(shared_data / "MNIST") == before
+    def test_read_only_root_is_left_untouched(self, read_only_mnist_root, tmp_path):
+        root = read_only_mnist_root  # our own read-only copy: the test does not depend on ../shared's permissions
+        before = snapshot(root)
+        data = load_healing_mnist(root, num_train=5, num_valid=2, num_test=3, cache_dir=tmp_path / "cache")
+        assert len(data.train) == 5 and snapshot(root) == before
+        assert list((tmp_path / "cache").glob("*/MNIST/raw/train-images-idx3-ubyte"))  # extracted into the cache
 
     def test_errors(self, mnist_root):
         with pytest.raises(ConfigError, match=r"unknown option\(s\) frames; the options of make_healing_mnist are"):

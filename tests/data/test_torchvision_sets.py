@@ -11,7 +11,7 @@ import torch
 from torchvision.datasets import MNIST, FashionMNIST
 
 from pyro_flowvae.data import DATASETS, DataSplits, load_data
-from pyro_flowvae.data.paths import is_writable_dir
+from pyro_flowvae.data.torchvision_sets import extraction_root
 from pyro_flowvae.errors import DataError
 
 from .conftest import MNIST_GZ, snapshot
@@ -101,41 +101,64 @@ def test_fashion_mnist(mnist_root, no_network):
     assert torch.equal(data.train, official.data[:1000].reshape(1000, 784).float() / 255)
 
 
-def test_read_only_copy_is_not_written(shared_data, tmp_path, no_network):
-    """A raw folder without write permission bits counts as read-only, even when running as root."""
-    if not all((shared_data / "MNIST" / "raw" / f).is_file() for f in MNIST_GZ):
-        pytest.skip("the shared folder has no MNIST .gz files")
-    raw = tmp_path / "root" / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for f in MNIST_GZ:
-        shutil.copyfile(shared_data / "MNIST" / "raw" / f, raw / f)
-    raw.chmod(0o555)
-    try:
-        before = snapshot(tmp_path / "root")
-        load_data("mnist", root=str(tmp_path / "root"), cache_dir=str(tmp_path / "cache"), limit=10)
-        assert snapshot(tmp_path / "root") == before
-        assert (tmp_path / "cache" / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()
-    finally:
-        raw.chmod(0o755)
+def extracted_in(cache: Path) -> Path:
+    """The one extraction folder (``cache/<source key>/MNIST/raw``) the loaders made in ``cache``."""
+    (found,) = cache.glob("*/MNIST/raw")
+    return found
 
 
-def test_read_only_root_goes_through_the_cache(shared_data, tmp_path, no_network):
-    """The shared folder is read-only: files are extracted into cache_dir and the root is left untouched."""
-    if not all((shared_data / "MNIST" / "raw" / f).is_file() for f in MNIST_GZ):
-        pytest.skip("the shared folder has no MNIST .gz files")
-    if is_writable_dir(shared_data / "MNIST" / "raw"):
-        pytest.skip("the shared folder is writable here; this test is about a read-only root")
-    before = snapshot(shared_data)
-    cache = tmp_path / "cache"
-    data = load_data("mnist", root=str(shared_data), cache_dir=str(cache), binarize="none", limit=10)
-    assert data.train.shape == (10, 784)
-    assert all((cache / "MNIST" / "raw" / f).is_file() for f in EXTRACTED)
-    mtimes = [(cache / "MNIST" / "raw" / f).stat().st_mtime_ns for f in EXTRACTED]
-    again = load_data("mnist", root=str(shared_data), cache_dir=str(cache), binarize="none", limit=10)
+def test_read_only_copy_is_not_written(read_only_mnist_root, tmp_path, no_network):
+    """A raw folder without write permission bits counts as read-only, even when running as root; its files are
+    extracted once into the cache, keyed by the source, and reused."""
+    root, cache = read_only_mnist_root, tmp_path / "cache"
+    before = snapshot(root)
+    data = load_data("mnist", root=str(root), cache_dir=str(cache), binarize="none", limit=10)
+    assert snapshot(root) == before and data.train.shape == (10, 784)
+    raw = extracted_in(cache)
+    assert raw == extraction_root(cache, root / "MNIST" / "raw", MNIST) / "MNIST" / "raw"
+    assert all((raw / f).is_file() for f in EXTRACTED)
+    mtimes = [(raw / f).stat().st_mtime_ns for f in EXTRACTED]
+    again = load_data("mnist", root=str(root), cache_dir=str(cache), binarize="none", limit=10)
     assert torch.equal(again.train, data.train)
-    assert [(cache / "MNIST" / "raw" / f).stat().st_mtime_ns for f in EXTRACTED] == mtimes  # reused
-    assert snapshot(shared_data) == before
+    assert [(raw / f).stat().st_mtime_ns for f in EXTRACTED] == mtimes  # reused, not extracted again
     assert no_network == []
+
+
+def test_a_warm_cache_never_hides_a_corrupted_root(read_only_mnist_root, tmp_path, no_network):
+    """The cache of a good root is warm; a second read-only root whose .gz is corrupted, with the same cache_dir,
+    is refused by its MD5 sum instead of being served the first root's extraction."""
+    cache = tmp_path / "cache"
+    load_data("mnist", root=str(read_only_mnist_root), cache_dir=str(cache), limit=10)
+    bad = tmp_path / "bad_root" / "MNIST" / "raw"
+    bad.mkdir(parents=True)
+    for f in MNIST_GZ:
+        shutil.copyfile(read_only_mnist_root / "MNIST" / "raw" / f, bad / f)
+    with open(bad / "train-images-idx3-ubyte.gz", "r+b") as handle:
+        handle.seek(5000)
+        handle.write(b"\x00" * 64)  # the same size, other bytes
+    bad.chmod(0o555)
+    try:
+        with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz is not the original MNIST file.*MD5"):
+            load_data("mnist", root=str(tmp_path / "bad_root"), cache_dir=str(cache), limit=10)
+    finally:
+        bad.chmod(0o755)
+    assert len(list(cache.glob("*/MNIST/raw"))) == 1  # nothing was extracted for the corrupted root
+
+
+def test_a_truncated_extracted_file_names_the_folder_to_clear(mnist_root, tmp_path, no_network):
+    """Extracted files that were cut short (a full disk, a copy interrupted) are a DataError that says which files
+    to delete, not a reshape error from deep inside torchvision; deleting them re-extracts the .gz files."""
+    root = tmp_path / "root"
+    shutil.copytree(mnist_root / "MNIST", root / "MNIST")
+    load_data("mnist", root=str(root), limit=10)  # extracts in place (the root is writable)
+    images = root / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[: 1 << 20])
+    with pytest.raises(DataError, match=r"truncated or corrupted\. Delete the \*-ubyte files there") as info:
+        load_data("mnist", root=str(root), limit=10)
+    assert str(root / "MNIST" / "raw") in str(info.value)
+    for f in EXTRACTED:
+        (root / "MNIST" / "raw" / f).unlink()
+    assert load_data("mnist", root=str(root), limit=10).train.shape == (10, 784)
 
 
 class TestMissingFiles:
