@@ -16,14 +16,30 @@ from pyro_flowvae.models.gpvae import GPVAE, Imputation
 
 __all__ = ["evaluate_sequences", "impute_batches", "imputation_metrics", "forecast_interval_metrics", "latent_features"]
 
+#: posterior-predictive draws decoded at once by :func:`impute_batches`
+IMPUTE_SAMPLE_CHUNK = 5
+
 
 @torch.no_grad()
-def impute_batches(vae: GPVAE, data: Any, num_samples: int, batch_size: int = 100) -> Imputation:
-    """:meth:`GPVAE.impute` over ``data`` (a SequenceData) in batches; ``log_pred`` scores ``data.truth``."""
+def impute_batches(
+    vae: GPVAE,
+    data: Any,
+    num_samples: int,
+    batch_size: int = 100,
+    sample_chunk: int = IMPUTE_SAMPLE_CHUNK,
+    keep_samples: int | None = None,
+) -> Imputation:
+    """:meth:`GPVAE.impute` over ``data`` (a SequenceData), ``batch_size`` sequences and ``sample_chunk`` draws at
+    a time, keeping the first ``keep_samples`` draws of each (None: all; 0: none, for mean and log predictive
+    density alone); ``log_pred`` scores ``data.truth``. Peak memory grows with ``batch_size * sample_chunk``,
+    not with ``len(data) * num_samples``."""
     means, samples, log_preds = [], [], []
     for start in range(0, len(data), batch_size):
         chunk = data[start : start + batch_size]
-        imp = vae.impute(*chunk.args(), num_samples=num_samples, target=chunk.truth)
+        imp = vae.impute(
+            *chunk.args(), num_samples=num_samples, target=chunk.truth, sample_chunk=sample_chunk,
+            keep_samples=keep_samples,
+        )  # fmt: skip
         means.append(imp.mean)
         samples.append(imp.samples)
         if imp.log_pred is not None:
@@ -104,8 +120,9 @@ def evaluate_sequences(
         if test.truth is None:
             return metrics
         torch.manual_seed(0)
-        imputation = impute_batches(vae, test, config.impute_samples)
         horizon = data.meta.get("horizon")
+        # a forecast's bands need the draws; imputation figures need only the mean and the log density
+        imputation = impute_batches(vae, test, config.impute_samples, keep_samples=None if horizon else 0)
         if horizon:
             metrics.update(_forecast(imputation, test, data, config.level))
             return metrics

@@ -25,7 +25,11 @@ __all__ = [
 #: 2: torch.optim optimizer state, a RunState, no RNG state (the noise is seeded per step); 1: pyro.optim state
 #: 2: training moved to torch.optim. 3: the guide's flow acts on standardized noise and planar layers are
 #: centered, so the same weights of format 2 mean another q(z | x).
-FORMAT_VERSION = 3
+#: 4: the banded GP-VAE guide bounds its coupling, phi = tanh(head output), so its weights of format 3 mean another
+#: q(z | x); format 3 checkpoints of every other guide are read as they are.
+FORMAT_VERSION = 4
+#: older formats whose checkpoints this version reads, each with the config test that says when
+_COMPATIBLE = {3: lambda config: config.get("guide", {}).get("covariance", "diagonal") != "banded"}
 
 #: keys that may change between a run and its resumption: they do not change the model or the trained state, or
 #: they are a deliberate choice (a smaller ``train.lr`` is what the divergence message recommends). Where the data
@@ -77,14 +81,15 @@ def load_checkpoint(
         raise CheckpointError(f"cannot read checkpoint {path}: {error}") from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError(f"{path} is not a pyro-flowvae checkpoint")
-    if state["format_version"] != FORMAT_VERSION:
+    version = state["format_version"]
+    if version != FORMAT_VERSION and not (version in _COMPATIBLE and _COMPATIBLE[version](state.get("config", {}))):
         raise CheckpointError(
             f"{path} has checkpoint format {state['format_version']}, this pyro-flowvae reads format "
-            f"{FORMAT_VERSION} (format 3 moved the guide's flow onto standardized noise and centered the planar "
-            "layers, so weights of format 2 would describe another posterior; format 2 had moved training to "
+            f"{FORMAT_VERSION} (format 4 bounds the banded GP-VAE guide's coupling with a tanh, so banded weights of "
+            "format 3 would describe another posterior; format 3 moved the guide's flow onto standardized noise and "
+            "centered the planar layers; format 2 had moved training to "
             "torch.optim); its weights cannot be resumed or scored here: train it again into a new run directory, or "
-            "use the "
-            "pyro-flowvae version that wrote it"
+            "use the pyro-flowvae version that wrote it"
         )
     if config is not None:
         diff = {k: v for k, v in config_diff(state["config"], config).items() if not resumable(k)}

@@ -112,8 +112,10 @@ class Imputation:
     r"""Posterior-predictive draws at every entry of a batch of sequences.
 
     With :math:`z_s \sim q(z \mid x_{obs})`, ``mean`` is :math:`\frac1S \sum_s \mathbb{E}[x \mid z_s]`,
-    ``samples`` are :math:`x_s \sim p(x \mid z_s)` (S, N, T, D), and ``log_pred`` is the log predictive
-    density of ``target`` (when given) per entry, :math:`\log \frac1S \sum_s p(x_{td} \mid z_s)`.
+    ``samples`` are :math:`x_s \sim p(x \mid z_s)` (R, N, T, D): all S draws, or the first R of them when
+    :meth:`GPVAE.impute` keeps a bounded reservoir (the draws are i.i.d., so the first R are a uniform sample of
+    the S; R may be 0), and ``log_pred`` is the log predictive density of ``target`` (when given) per entry,
+    :math:`\log \frac1S \sum_s p(x_{td} \mid z_s)`, accumulated over the S draws by ``logaddexp``.
     """
 
     mean: Tensor
@@ -172,22 +174,48 @@ class GPVAE(nn.Module):
         num_samples: int = 100,
         target: Tensor | None = None,
         condition_missing_frames: bool = True,
+        sample_chunk: int | None = None,
+        keep_samples: int | None = None,
     ) -> Imputation:
         """Draw ``num_samples`` z from the guide given the observed entries and decode them (see :class:`Imputation`).
+
+        The draws are streamed, ``sample_chunk`` at a time (default: all at once): the predictive mean is a
+        running sum, ``log_pred`` a running ``logaddexp``, and only the first ``keep_samples`` draws of x are
+        kept (default: all). Memory is then that of ``sample_chunk`` decoded draws and the (N, T, D)
+        accumulators, whatever ``num_samples`` is: 500 Healing MNIST sequences x 100 draws raise the peak memory by
+        3 GiB in one pass, and by 86 MiB streamed 25 sequences x 10 draws at a time without keeping samples
+        (``tests/test_gpvae.py``).
 
         With ``condition_missing_frames`` and a GP prior, frames with no observed entry (a forecast's future)
         take their latents from the prior's conditional given the guide's draw at the other frames
         (:meth:`condition_missing_frames`)."""
-        z = self.guide.get_posterior(x, mask, times).sample((num_samples,))  # (S, B, L, T)
-        if condition_missing_frames:
-            z = self.condition_missing_frames(z, mask, times)
-        decoded = self.model.decode(z)
+        chunk = num_samples if sample_chunk is None else max(1, min(sample_chunk, num_samples))
+        keep = num_samples if keep_samples is None else max(0, min(keep_samples, num_samples))
+        posterior = self.guide.get_posterior(x, mask, times)
         likelihood = self.model.likelihood
-        predictive = likelihood.elementwise(decoded)
-        log_pred = None
-        if target is not None:
-            log_pred = torch.logsumexp(predictive.log_prob(target), dim=0) - math.log(num_samples)
-        return Imputation(mean=likelihood.mean(decoded).mean(0), samples=predictive.sample(), log_pred=log_pred)
+        mean_sum: Tensor | None = None
+        log_pred: Tensor | None = None
+        kept: list[Tensor] = []
+        for start in range(0, num_samples, chunk):
+            size = min(chunk, num_samples - start)
+            z = posterior.sample((size,))  # (s, B, L, T)
+            if condition_missing_frames:
+                z = self.condition_missing_frames(z, mask, times)
+            decoded = self.model.decode(z)
+            predictive = likelihood.elementwise(decoded)
+            chunk_mean = likelihood.mean(decoded).sum(0)
+            mean_sum = chunk_mean if mean_sum is None else mean_sum + chunk_mean
+            if target is not None:
+                chunk_log = torch.logsumexp(predictive.log_prob(target), dim=0)
+                log_pred = chunk_log if log_pred is None else torch.logaddexp(log_pred, chunk_log)
+            if start < keep:
+                kept.append(predictive.sample()[: keep - start])
+            del z, decoded, predictive
+        assert mean_sum is not None
+        samples = torch.cat(kept) if kept else mean_sum.new_zeros((0, *mean_sum.shape))
+        if log_pred is not None:
+            log_pred = log_pred - math.log(num_samples)
+        return Imputation(mean=mean_sum / num_samples, samples=samples, log_pred=log_pred)
 
     @torch.no_grad()
     def condition_missing_frames(self, z: Tensor, mask: Tensor, times: Tensor) -> Tensor:

@@ -135,7 +135,7 @@ def test_banded_guide_is_the_backward_chain_of_its_docstring():
     guide = make_guide("banded", "mean_field", min_scale=0.01)
     x, mask, times = batch()
     out = guide.head(guide.encoder(x, mask)).transpose(-1, -2)  # (B, 3L, T)
-    mu, sigma, phi = out[:, :L], F.softplus(out[:, L : 2 * L]) + 0.01, out[:, 2 * L :, :-1]
+    mu, sigma, phi = out[:, :L], F.softplus(out[:, L : 2 * L]) + 0.01, torch.tanh(out[:, 2 * L :, :-1])
     inner = guide.get_posterior(x, mask, times).base_dist
     cov = inner.to_dense().covariance_matrix  # (B, L, T, T)
     var = cov.diagonal(dim1=-2, dim2=-1)
@@ -143,6 +143,20 @@ def test_banded_guide_is_the_backward_chain_of_its_docstring():
     torch.testing.assert_close(cov.diagonal(offset=1, dim1=-2, dim2=-1), phi * var[..., 1:])
     torch.testing.assert_close(var[..., :-1], sigma[..., :-1].pow(2) + phi.pow(2) * var[..., 1:])
     torch.testing.assert_close(var[..., -1], sigma[..., -1].pow(2))
+
+
+def test_the_banded_coupling_is_bounded_whatever_the_head_outputs():
+    """phi = tanh(.): with the coupling rows of the head pushed to +-1e4, |phi| < 1 and Var z_t stays below the
+    sum of sigma^2 over the steps after t (the bound at |phi| = 1), where unbounded it would be about 1e8^(T-t)."""
+    guide = make_guide("banded", "mean_field", min_scale=0.01)
+    x, mask, times = batch()
+    with torch.no_grad():
+        guide.head.bias[2 * L :] = 1e4 * torch.sign(torch.randn(L, dtype=DTYPE))
+    out = guide.head(guide.encoder(x, mask)).transpose(-1, -2)
+    sigma = F.softplus(out[:, L : 2 * L]) + 0.01
+    var = guide.get_posterior(x, mask, times).base_dist.variance  # (B, L, T), the O(T) recurrence
+    tail_sum = sigma.pow(2).flip(-1).cumsum(-1).flip(-1)
+    assert torch.isfinite(var).all() and (var <= tail_sum * (1 + 1e-6)).all()
 
 
 @pytest.mark.parametrize("covariance, flow", [("diagonal", "mean_field"), ("banded", "iaf"), ("banded", "planar")])
