@@ -111,3 +111,37 @@ def test_guide_only_benchmark_keeps_the_decoder_and_starts_every_flow_at_mean_fi
     assert all(not p.requires_grad for p in vae.model.parameters())
     reference = trained.model.state_dict()
     assert all(torch.equal(v, reference[k]) for k, v in vae.model.state_dict().items())
+
+
+def test_airline_backtest_smoke_pools_the_origins_and_mixes_the_seeds_draws(tmp_path):
+    """Smoke settings (one origin, one seed, 2 epochs): the ensemble of one seed is that seed (its draws are the
+    ones behind its metrics.json), pooling one origin gives that origin's figures, and the targets are judged."""
+    bench = load("gpvae")
+    result = bench.main(bench.parse_args(["airline", "--smoke", "--out", str(tmp_path / "runs")]))
+    (origin,) = result["per_origin"]
+    (run,) = origin["runs"]
+    assert origin["year"] == 1960 and origin["months"][0] == "1960-01" and len(origin["history"]) == 132
+    assert origin["ensemble"]["rmse"] == pytest.approx(run["rmse"], rel=1e-9)
+    assert origin["ensemble"]["mean"] == pytest.approx(run["mean"], rel=1e-9)
+    overall = result["overall"]
+    assert overall["sarima"]["rmse"] == pytest.approx(origin["baselines"]["sarima"]["rmse"], rel=1e-9)
+    assert overall["gp_vae_ensemble"]["months"] == 12
+    ratio = overall["gp_vae_ensemble"]["rmse"] / overall["sarima"]["rmse"]
+    assert result["targets"]["ensemble_rmse_over_sarima"] == pytest.approx(ratio)
+    assert "| GP-VAE, seed 0 |" in bench.format_airline(result)
+    assert (tmp_path / "runs" / "airline_backtest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_hmnist_frames_variant_scores_the_hidden_frames(mnist_root, tmp_path):
+    """--variant frames: the data hide 3 of 10 frames per sequence and every method gets an MSE on those frames."""
+    bench = load("gpvae")
+    args = ["hmnist", "--variant", "frames", "--data-root", str(mnist_root), "--smoke", "--out", str(tmp_path)]
+    result = bench.main(bench.parse_args(args))
+    assert result["variant"] == "frames" and result["data"]["missing"] == "frames"
+    assert result["data"]["missing_frames"] == 3 and result["config"]["data"]["options"]["missing_rate"] == 0.4
+    table = result["table"]
+    assert set(table) == {"mean_imputation", "forward_imputation", "vae", "gp_vae"}
+    assert all(0.0 <= row["mse_missing_frames"] <= 1.0 for row in table.values())
+    assert "MSE (hidden frames)" in bench.format_hmnist(result)
+    assert bench._result_name(bench.parse_args(args)) == "gpvae_hmnist_frames"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pyro_flowvae import runs
-from pyro_flowvae.errors import CheckpointError, FlowVAEError, OutputError, TrainingDivergedError
+from pyro_flowvae.errors import CheckpointError, ConfigError, FlowVAEError, OutputError, TrainingDivergedError
 from pyro_flowvae.infer import checkpoint as checkpoint_module
 from pyro_flowvae.infer.checkpoint import load_checkpoint, save_checkpoint
 from tests.conftest import tiny_config
@@ -108,6 +108,23 @@ def test_early_stopping_and_kl_warmup_are_recorded(tmp_path, tiny_npz):
     weights = [r["kl_weight"] for r in result.history]
     assert weights[0] < weights[1] <= 1.0 and weights[-1] == 1.0
     assert (tmp_path / "run" / "best.pt").is_file()
+
+
+def test_train_beta_weights_the_latent_terms_and_never_the_reported_elbo(tmp_path, tiny_npz):
+    """train.beta = 0.5: the warm-up rises to 0.5 and patience counts from there (the run stops early); the
+    training objective is the beta-weighted bound (above the ELBO, the KL being halved), while the validation
+    ELBO is the plain one: at lr 1e-9 the weights stay put and it matches the beta = 1 run's."""
+    common = {"train.epochs": 30, "train.lr": 1e-9, "train.patience": 2, "train.kl_warmup_epochs": 2.0}
+    half = runs.train(tiny_config(tiny_npz, {**common, "train.beta": 0.5}), tmp_path / "half")
+    full = runs.train(tiny_config(tiny_npz, common), tmp_path / "full")
+    weights = [r["kl_weight"] for r in half.history]
+    assert weights[0] < weights[1] <= 0.5 and max(weights) == 0.5 and weights[-1] == 0.5
+    assert half.metrics["stopped_early"] and half.metrics["epochs"] < 30
+    late = [(h, f) for h, f in zip(half.history, full.history) if h["kl_weight"] == 0.5 and f["kl_weight"] == 1.0]
+    assert late and all(h["train_elbo"] > f["train_elbo"] for h, f in late)
+    assert [r["valid_elbo"] for r in half.history[:3]] == pytest.approx([r["valid_elbo"] for r in full.history[:3]])
+    with pytest.raises(ConfigError, match=r"train\.beta = 0\.5 weights the latent terms"):
+        runs.as_config(tiny_config(tiny_npz, {"train.beta": 0.5, "train.annealing": "temperature"}))
 
 
 @pytest.mark.parametrize(("elbo", "particles"), [("trace", 3), ("mean_field", 2), ("jit", 1)])

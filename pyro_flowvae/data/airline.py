@@ -99,6 +99,22 @@ def _window(
     return truth * mask, mask, times, truth
 
 
+def _until(months: Sequence[str] | None, series: Tensor, end_year: Any) -> tuple[list[str], Tensor]:
+    """The months and values up to December of ``end_year``."""
+    if isinstance(end_year, bool) or not isinstance(end_year, int):
+        raise DataError(f"end_year must be a year such as 1957, got {end_year!r}")
+    if months is None or len(months) != series.shape[0]:
+        raise DataError("end_year needs the month labels of the series ('1949-01', ...): pass months")
+    last = f"{end_year}-12"
+    if last not in months:
+        raise DataError(
+            f"end_year = {end_year}: the series has no month {last} (it runs from {months[0]} to {months[-1]}); "
+            "choose a year it covers to its December"
+        )
+    n = list(months).index(last) + 1
+    return list(months[:n]), series[:n]
+
+
 def airline_windows(
     series: Tensor | Sequence[float] | None = None,
     *,
@@ -108,6 +124,7 @@ def airline_windows(
     stride: int = 1,
     transform: str = "log",
     forecast_copies: bool = True,
+    end_year: int | None = None,
 ) -> SequenceSplits:
     r"""Windows of a monthly series for forecasting the last ``horizon`` values (D = 1, times in years).
 
@@ -125,6 +142,10 @@ def airline_windows(
     - test: the window ending at the end of the series with its last ``horizon`` months masked (``truth``
       keeps the values to forecast).
 
+    With ``end_year`` (e.g. 1957) only the months up to December of that year are kept (``months`` must name
+    them, as the packaged series does), so its last ``horizon`` months are forecast from the years before: the
+    origins of a rolling-origin backtest. Scaling, windows and baselines then see nothing later.
+
     Times are month index / 12 (years since the first month). ``series=None`` uses :func:`load_airline`'s
     packaged series and months. ``meta`` holds ``mean``, ``std``, ``transform``, ``horizon``, ``window``,
     ``stride``, ``test_index`` (positions of the forecast months in the series), ``test_months`` (their
@@ -135,6 +156,8 @@ def airline_windows(
         months, series_t = load_airline()
     else:
         series_t = torch.as_tensor(series, dtype=torch.float64).reshape(-1)
+    if end_year is not None:
+        months, series_t = _until(months, series_t, end_year)
     n = series_t.shape[0]
     if transform not in AIRLINE_TRANSFORMS:
         raise DataError(f"transform must be one of {', '.join(AIRLINE_TRANSFORMS)}, got {transform!r}")

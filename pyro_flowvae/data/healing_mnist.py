@@ -27,8 +27,9 @@ __all__ = [
     "rotate_frames",
 ]
 
-#: how pixels go missing: completely at random, or more often when white (not at random)
-MISSING_MODES = ("mnar", "mcar")
+#: how pixels go missing: completely at random, more often when white (not at random), or whole frames at once
+#: besides pixels completely at random in the other frames
+MISSING_MODES = ("mnar", "mcar", "frames")
 #: sequences rotated per chunk: bounds the memory of the sampling grids (about 100 MB), not the result
 _CHUNK = 1024
 #: bins of the pixel-value histogram from which the MNAR base probability is solved
@@ -42,6 +43,7 @@ _MAKE_KEYS = (
     "white_ratio",
     "max_prob",
     "binarize",
+    "missing_frames",
 )
 
 
@@ -164,6 +166,7 @@ def _check_make_args(
     missing_rate: float,
     white_ratio: float,
     max_prob: float,
+    missing_frames: int = 0,
 ) -> Tensor:
     if not isinstance(images, Tensor) or images.dim() not in (2, 3):
         raise DataError(
@@ -192,6 +195,13 @@ def _check_make_args(
         raise DataError(f"missing must be one of {', '.join(MISSING_MODES)}, got {missing!r}")
     if not 0 <= missing_rate <= 1:
         raise DataError(f"missing_rate must lie in [0, 1], got {missing_rate!r}")
+    if missing == "frames" and (
+        isinstance(missing_frames, bool) or not isinstance(missing_frames, int) or not 0 <= missing_frames < num_frames
+    ):
+        raise DataError(
+            f"missing_frames must be an integer in [0, num_frames - 1] = [0, {num_frames - 1}] (at least one frame "
+            f"of each sequence stays observed), got {missing_frames!r}"
+        )
     if missing == "mnar":
         if not 0 < max_prob <= 1:
             raise DataError(f"max_prob must lie in (0, 1], got {max_prob!r}")
@@ -218,8 +228,11 @@ def _generate(
     max_prob: float,
     binarize: bool,
     seed: int,
+    missing_frames: int = 3,
 ) -> tuple[SequenceData, dict[str, float]]:
-    images = _check_make_args(images, labels, num_frames, rotation_std, missing, missing_rate, white_ratio, max_prob)
+    images = _check_make_args(
+        images, labels, num_frames, rotation_std, missing, missing_rate, white_ratio, max_prob, missing_frames
+    )
     n, h, w = images.shape
     gen = torch.Generator().manual_seed(int(seed))
     angles = random_walk_angles(n, num_frames, rotation_std, max_start_angle=max_start_angle, generator=gen)
@@ -248,6 +261,9 @@ def _generate(
         )
     else:
         base, expected = missing_rate, missing_rate
+        if missing == "frames":
+            share = missing_frames / num_frames
+            expected = share + (1.0 - share) * missing_rate
     mask = torch.empty_like(truth)
     for start in range(0, n, _CHUNK):
         frames = truth[start : start + _CHUNK]
@@ -258,6 +274,9 @@ def _generate(
         mask[start : start + _CHUNK] = (torch.rand(frames.shape, generator=gen, dtype=frames.dtype) >= prob).to(
             frames.dtype
         )
+    if missing == "frames" and missing_frames:  # k frames of each sequence, at uniformly random positions, hidden
+        hidden = torch.rand(n, num_frames, generator=gen).argsort(dim=1)[:, :missing_frames]
+        mask.scatter_(1, hidden.unsqueeze(-1).expand(-1, -1, h * w), 0.0)
     times = torch.arange(num_frames, dtype=images.dtype).expand(n, num_frames).clone()
     # built without SequenceData's checks, which hold by construction here (and would cost a few GB of
     # temporaries for 60000 sequences)
@@ -280,6 +299,7 @@ def make_healing_mnist(
     max_prob: float = 0.95,
     binarize: bool = True,
     seed: int = 0,
+    missing_frames: int = 3,
 ) -> SequenceData:
     r"""Healing-MNIST sequences: each image rotating along a random walk, with pixels missing.
 
@@ -299,7 +319,11 @@ def make_healing_mnist(
       :math:`p_b \approx 0.53` and white pixels missing with probability 1.06 > 1: the cap then holds white
       pixels at ``max_prob`` and the achieved white/black ratio is smaller than r (about 1.7 with the
       defaults). :func:`load_healing_mnist` records the achieved share and ratio in ``meta``;
-      :func:`missingness_stats` computes them for any data with ``truth``.
+      :func:`missingness_stats` computes them for any data with ``truth``;
+    - ``"frames"``: each pixel missing with probability ``missing_rate`` (completely at random), and then
+      ``missing_frames`` whole frames of each sequence, at uniformly random positions, hidden: a frame-wise model
+      can only guess those, a prior over time interpolates along the rotation. The expected missing share is
+      :math:`k/T + (1 - k/T)\,p`.
 
     ``images`` are (N, H, W) or square flat (N, H*W) grey levels in [0, 1]. Deterministic given ``seed``: a
     generator seeded with it draws the angles first, then the missing pixels. Vectorised over sequences
@@ -321,6 +345,7 @@ def make_healing_mnist(
         max_prob=max_prob,
         binarize=binarize,
         seed=seed,
+        missing_frames=missing_frames,
     )
     return data
 
@@ -390,6 +415,7 @@ def load_healing_mnist(
     }
     settings = {"num_frames": 10, "rotation_std": 20.0, "missing": "mnar", "missing_rate": 0.6}
     settings.update({"white_ratio": 2.0, "max_prob": 0.95, "binarize": True, "max_start_angle": 180.0})
+    settings.update({"missing_frames": 3})
     settings.update(make_kwargs)
     splits: dict[str, SequenceData] = {}
     split_meta: dict[str, dict[str, Any]] = {}

@@ -132,6 +132,12 @@ def evaluate_sequences(
         figures = imputation_metrics(imputation, test)
         metrics["test_mse_missing"] = figures["mse"]
         metrics["test_nll_missing"] = figures.get("nll")
+        hidden_frames = _hidden_frames(test)
+        if hidden_frames is not None:  # whole frames unobserved: what only a prior over time can fill
+            from pyro_flowvae.evaluation.metrics import masked_mse
+
+            metrics["test_mse_missing_frames"] = float(masked_mse(imputation.mean, test.truth, hidden_frames))
+            metrics["missing_frame_share"] = float(hidden_frames[..., 0].float().mean())
         baselines = _imputation_baselines(data, test)
         if test.labels is not None and data.train.labels is not None:
             from pyro_flowvae.evaluation.metrics import logistic_regression_auroc
@@ -168,16 +174,25 @@ def _forward_imputed(train: Any, data: Any) -> Tensor:
 _IMPUTERS = {"mean_imputation": _mean_imputed, "forward_imputation": _forward_imputed}
 
 
+def _hidden_frames(data: Any) -> Tensor | None:
+    """A (N, T, D) bool mask of the entries of frames with no observed entry, or None when there are none."""
+    empty = ~(data.mask != 0).any(-1)  # (N, T)
+    return empty.unsqueeze(-1).expand_as(data.mask) if bool(empty.any()) else None
+
+
 def _imputation_baselines(data: Any, test: Any) -> dict[str, dict[str, float | None]]:
     from pyro_flowvae.evaluation.metrics import masked_bernoulli_nll, masked_mse
 
     missing = test.mask == 0
+    hidden_frames = _hidden_frames(test)
     rows: dict[str, dict[str, float | None]] = {}
     for name, fn in _IMPUTERS.items():
         filled = fn(data.train, test)
         # an NLL only where the fill is a probability: mean imputation's pixel means (forward fills are 0/1)
         nll = float(masked_bernoulli_nll(filled, test.truth, missing)) if name == "mean_imputation" else None
         rows[name] = {"mse": float(masked_mse(filled, test.truth, missing)), "nll": nll}
+        if hidden_frames is not None:
+            rows[name]["mse_missing_frames"] = float(masked_mse(filled, test.truth, hidden_frames))
     return rows
 
 

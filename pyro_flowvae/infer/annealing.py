@@ -43,8 +43,9 @@ class ScaleLatents(Messenger):
             msg["scale"] = self.scale * msg["scale"]
 
 
-def kl_weight(step: int, warmup_steps: int, start: float) -> float:
-    """Linear warm-up from ``start`` at step 0 to 1 at ``warmup_steps`` (1 throughout when 0)."""
+def kl_weight(step: int, warmup_steps: int, start: float, final: float = 1.0) -> float:
+    """Linear warm-up from ``start * final`` at step 0 to ``final`` at ``warmup_steps`` (``final`` throughout when
+    ``warmup_steps`` is 0). ``final`` is ``train.beta``: 1 for the ELBO, another value for a beta-weighted one."""
     if warmup_steps <= 0 or step >= warmup_steps:
-        return 1.0
-    return start + (1.0 - start) * step / warmup_steps
+        return final
+    return final * (start + (1.0 - start) * step / warmup_steps)

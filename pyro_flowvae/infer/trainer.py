@@ -276,10 +276,10 @@ class Trainer:
                         binarizer.manual_seed(step_seed(train.seed, info.rank, state.global_step, "binarize"))
                         batch = torch.bernoulli(batch, generator=binarizer)
                     torch.manual_seed(step_seed(train.seed, info.rank, state.global_step, "latent"))
-                    beta = kl_weight(state.global_step, warmup_steps, train.kl_start)
+                    beta = kl_weight(state.global_step, warmup_steps, train.kl_start, train.beta)
                     loss.kl_weight = beta
                     if hold_flows:
-                        vae.guide.flow_held = beta < 1.0
+                        vae.guide.flow_held = beta < train.beta
                     pending.append(self._step(module, optimizer, params, batch_args(batch)))
                     pending_sizes.append(batch.shape[0] * info.world_size)
                     state.global_step += 1
@@ -330,7 +330,7 @@ class Trainer:
                 state.patience_left = train.patience
                 if train.restore_best:
                     best_weights = {k: v.detach().clone() for k, v in vae.state_dict().items()}
-            elif state.patience_left is not None and beta >= 1.0:
+            elif state.patience_left is not None and beta >= train.beta:
                 state.patience_left -= 1  # patience counts the epochs after the warm-up only
             record = {
                 **epoch_record(epoch, state.global_step, epoch_loss, epoch_seen, seconds, valid_elbo, beta),

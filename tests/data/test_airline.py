@@ -134,3 +134,20 @@ class TestWindows:
         with pytest.raises(DataError, match=r"transform = 'log' needs positive values, but value 0 is -3"):
             airline_windows(series, window=20, horizon=5)
         assert airline_windows(series, window=20, horizon=5, transform="none").data_dim == 1
+
+
+def test_end_year_cuts_the_series_for_a_rolling_origin():
+    """end_year = 1957: the months up to 1957-12 only; 1957 is the test year, scaled with 1949-1956 alone, and
+    nothing of 1958 or later reaches any split."""
+    months, passengers = load_airline()
+    data = airline_windows(end_year=1957)
+    assert data.meta["test_months"] == [f"1957-{m:02d}" for m in range(1, 13)]
+    assert data.meta["series"] == passengers[:108].tolist()
+    assert data.meta["mean"] == pytest.approx(float(passengers[:96].log().mean()))
+    assert torch.allclose(to_passengers(data.test.truth[0, -12:, 0].double(), data), passengers[96:108], rtol=1e-5)
+    with pytest.raises(DataError, match=r"end_year = 1961: the series has no month 1961-12 \(it runs from 1949-01"):
+        airline_windows(end_year=1961)
+    with pytest.raises(DataError, match=r"end_year must be a year such as 1957"):
+        airline_windows(end_year="1957")
+    with pytest.raises(DataError, match=r"end_year needs the month labels"):
+        airline_windows(passengers, end_year=1957)

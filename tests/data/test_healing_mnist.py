@@ -147,7 +147,8 @@ class TestMake:
         "kwargs, match",
         [
             ({"missing_rate": 0.97}, r"missing_rate = 0.97 cannot be reached .* max_prob = 0.95; raise max_prob"),
-            ({"missing": "mar"}, r"missing must be one of mnar, mcar, got 'mar'"),
+            ({"missing": "mar"}, r"missing must be one of mnar, mcar, frames, got 'mar'"),
+            ({"missing": "frames", "missing_frames": 10}, r"missing_frames must be an integer in \[0, num_frames - 1"),
             ({"num_frames": 0}, r"num_frames must be a positive integer"),
             ({"white_ratio": 0.0}, r"white_ratio must be > 0"),
             ({"missing_rate": 1.5, "missing": "mcar"}, r"missing_rate must lie in \[0, 1\]"),
@@ -156,6 +157,21 @@ class TestMake:
     def test_bad_settings(self, kwargs, match):
         with pytest.raises(DataError, match=match):
             make_healing_mnist(_digits(2), **kwargs)
+
+    def test_missing_frames_hides_whole_frames_at_random_positions(self):
+        """missing = "frames": exactly k frames of each sequence have no observed pixel, at positions that vary
+        between sequences; the other frames lose pixels completely at random at missing_rate."""
+        data = make_healing_mnist(_digits(400), missing="frames", missing_rate=0.4, missing_frames=3, seed=2)
+        observed_per_frame = data.mask.sum(-1)  # (N, T)
+        hidden = observed_per_frame == 0
+        assert (hidden.sum(1) == 3).all()
+        positions = hidden.float().mean(0)  # each of the 10 positions hidden in about 30% of the sequences
+        assert ((positions - 0.3).abs() < 0.1).all(), positions
+        kept = data.mask[~hidden]  # pixels of the frames that were not hidden
+        assert abs(float(1 - kept.mean()) - 0.4) < 0.01
+        assert torch.equal(data.x, data.truth * data.mask)
+        again = make_healing_mnist(_digits(400), missing="frames", missing_rate=0.4, missing_frames=3, seed=2)
+        assert torch.equal(again.mask, data.mask)
 
     def test_bad_images(self):
         uint8_like = torch.zeros(2, 28, 28)
