@@ -16,7 +16,7 @@ from pyro_flowvae.data.load import DATASETS
 from pyro_flowvae.data.series import SEQUENCE_LOADERS
 from pyro_flowvae.data.splits import BINARIZE_MODES
 from pyro_flowvae.errors import ConfigError
-from pyro_flowvae.guides.sequence import COVARIANCES
+from pyro_flowvae.guides.sequence import COVARIANCES, FRAME_ENCODERS
 from pyro_flowvae.infer.distributed import BACKENDS, DEVICES
 from pyro_flowvae.infer.optim import LR_SCHEDULES, OPTIMIZERS
 from pyro_flowvae.infer.svi import ANNEALINGS
@@ -103,6 +103,30 @@ class ModelConfig:
         metadata=_doc("hidden widths of the encoder MLP; the decoder uses them reversed", min=1, nonempty=True),
     )
     activation: str = field(default="relu", metadata=_doc("hidden activation", choices=ACTIVATIONS))
+    decoder_hidden: list[int] | None = field(
+        default=None,
+        metadata=_doc(
+            "sequence data: hidden widths of the frame decoder (none: model.hidden reversed), e.g. [256, 256, 256] "
+            "as Fortuin et al. 2020",
+            min=1,
+        ),
+    )
+    frame_encoder: str = field(
+        default="mlp",
+        metadata=_doc(
+            "sequence data with image frames: mlp reads each frame's pixels and mask directly; conv first passes "
+            "them through two 3x3 convolutions (2 -> model.conv_channels -> 1 channels, Fortuin et al.'s image "
+            "preprocessor)",
+            choices=FRAME_ENCODERS,
+        ),
+    )
+    conv_channels: int = field(
+        default=256, metadata=_doc("channels of the conv frame encoder's hidden convolution", min=1)
+    )
+    time_window: int = field(
+        default=3,
+        metadata=_doc("sequence data: steps the encoder's temporal convolution spans (odd keeps it centred)", min=1),
+    )
     likelihood: str = field(
         default="bernoulli",
         metadata=_doc(

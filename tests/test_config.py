@@ -166,7 +166,7 @@ def test_every_choice_list_comes_from_its_registry():
     from dataclasses import fields
 
     from pyro_flowvae.config import Config
-    from pyro_flowvae.guides.sequence import COVARIANCES
+    from pyro_flowvae.guides.sequence import COVARIANCES, FRAME_ENCODERS
     from pyro_flowvae.infer.distributed import BACKENDS, DEVICES
     from pyro_flowvae.infer.optim import LR_SCHEDULES, OPTIMIZERS
     from pyro_flowvae.infer.svi import ANNEALINGS, ELBOS
@@ -179,7 +179,7 @@ def test_every_choice_list_comes_from_its_registry():
         "data.name": TASKS, "train.optimizer": OPTIMIZERS, "train.lr_schedule": LR_SCHEDULES, "train.elbo": ELBOS,
         "train.device": DEVICES, "model.likelihood": LIKELIHOODS, "model.activation": ACTIVATIONS,
         "model.prior": PRIORS, "guide.covariance": COVARIANCES, "distributed.backend": BACKENDS,
-        "train.annealing": ANNEALINGS,
+        "train.annealing": ANNEALINGS, "model.frame_encoder": FRAME_ENCODERS,
     }  # fmt: skip
     listed = {}
     for section in fields(Config):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,36 @@ __all__ = ["COVARIANCES", "SequenceEncoder", "GPVAEGuide", "check_sequence_batch
 
 #: The posterior covariance structures over time that :class:`GPVAEGuide` offers.
 COVARIANCES = ("diagonal", "banded")
+#: How :class:`SequenceEncoder` reads a frame: its pixels and mask directly, or through convolutions first.
+FRAME_ENCODERS = ("mlp", "conv")
+
+
+class ConvFramePreprocessor(nn.Module):
+    r"""Fortuin et al.'s image preprocessor for frames of shape (C, H, W): the observed pixels and the mask as
+    2C channels, a 3x3 convolution to ``channels`` channels, ReLU, a 3x3 convolution back to C channels
+    (padding keeps H x W). Input x, mask (B, T, D) with D = C H W; output (B, T, D), read by the frame MLP
+    together with the mask.
+
+    [1] Vincent Fortuin, Dmitry Baranchuk, Gunnar Raetsch, Stephan Mandt. GP-VAE: Deep Probabilistic Time
+    Series Imputation. AISTATS 2020. [arXiv:1907.04155] (``ImagePreprocessor`` of their code)
+    """
+
+    def __init__(self, frame_shape: Sequence[int], channels: int = 256, kernel_size: int = 3) -> None:
+        super().__init__()
+        if len(frame_shape) != 3:
+            raise ConfigError(f"the conv frame encoder needs frames of shape (C, H, W), got {tuple(frame_shape)}")
+        self.frame_shape = tuple(int(s) for s in frame_shape)
+        c = self.frame_shape[0]
+        self.net = nn.Sequential(
+            nn.Conv2d(2 * c, channels, kernel_size, padding=kernel_size // 2),
+            nn.ReLU(),
+            nn.Conv2d(channels, c, kernel_size, padding=kernel_size // 2),
+        )
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        b, t, d = x.shape
+        frames = torch.cat([x, mask], dim=-1).reshape(b * t, 2 * self.frame_shape[0], *self.frame_shape[1:])
+        return self.net(frames).reshape(b, t, d)
 
 
 class SequenceEncoder(nn.Module):
@@ -45,7 +76,16 @@ class SequenceEncoder(nn.Module):
     Series Imputation. AISTATS 2020. [arXiv:1907.04155]
     """
 
-    def __init__(self, data_dim: int, hidden: Sequence[int], activation: str = "relu", kernel_size: int = 3) -> None:
+    def __init__(
+        self,
+        data_dim: int,
+        hidden: Sequence[int],
+        activation: str = "relu",
+        kernel_size: int = 3,
+        frame_encoder: str = "mlp",
+        frame_shape: Sequence[int] | None = None,
+        conv_channels: int = 256,
+    ) -> None:
         super().__init__()
         check_size(data_dim, "data_dim", 1)
         if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) or not hidden:
@@ -55,13 +95,27 @@ class SequenceEncoder(nn.Module):
         check_size(kernel_size, "kernel_size (of the encoder's temporal convolution)", 1)
         self.data_dim = data_dim
         self.context_dim = hidden[-1]
+        if frame_encoder not in FRAME_ENCODERS:
+            raise ConfigError(f"model.frame_encoder = {frame_encoder!r}; choose one of: {', '.join(FRAME_ENCODERS)}")
+        self.preprocessor: ConvFramePreprocessor | None = None
+        if frame_encoder == "conv":
+            if frame_shape is None or math.prod(frame_shape) != data_dim:
+                raise ConfigError(
+                    f"model.frame_encoder = 'conv' needs frames that are images (C, H, W) with C*H*W = {data_dim}, "
+                    f"got frame shape {frame_shape}; use model.frame_encoder = 'mlp' for other data"
+                )
+            check_size(conv_channels, "model.conv_channels", 1)
+            self.preprocessor = ConvFramePreprocessor(frame_shape, conv_channels)
         self.frame_net = mlp([2 * data_dim, *hidden], activation, final_activation=True)
         self.conv = nn.Conv1d(self.context_dim, self.context_dim, kernel_size, padding="same")
         self.activation = ACTIVATIONS[activation]()
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         observed = mask if mask.dtype == torch.bool else mask != 0
-        inputs = torch.cat([x.masked_fill(~observed, 0.0), observed.to(x.dtype)], dim=-1)
+        x = x.masked_fill(~observed, 0.0)
+        if self.preprocessor is not None:
+            x = self.preprocessor(x, observed.to(x.dtype))
+        inputs = torch.cat([x, observed.to(x.dtype)], dim=-1)
         u = self.frame_net(inputs)  # (B, T, H)
         return self.activation(self.conv(u.transpose(-1, -2))).transpose(-1, -2)
 
@@ -122,6 +176,9 @@ class GPVAEGuide(nn.Module):
         activation: str = "relu",
         min_scale: float = 1e-4,
         kernel_size: int = 3,
+        frame_encoder: str = "mlp",
+        frame_shape: Sequence[int] | None = None,
+        conv_channels: int = 256,
         latent_site: str = "z",
         data_plate: str = "data",
         name: str = "guide",
@@ -141,7 +198,9 @@ class GPVAEGuide(nn.Module):
                 f"flow {flow!r} on the GP-VAE guide acts on the flattened z of size latent_dim * T, so it needs "
                 f"the sequence length: pass time_length=T, or use flow='mean_field'"
             )
-        self.encoder = SequenceEncoder(data_dim, hidden, activation, kernel_size)
+        self.encoder = SequenceEncoder(
+            data_dim, hidden, activation, kernel_size, frame_encoder, frame_shape, conv_channels
+        )
         self.data_dim = data_dim
         self.latent_dim = latent_dim
         self.context_dim = self.encoder.context_dim

@@ -4,6 +4,7 @@ sequence VAE built from a config, with imputation and forecasting."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -133,14 +134,18 @@ class GPVAE(nn.Module):
         self.guide = guide
 
     @classmethod
-    def from_config(cls, config: Config, data_dim: int, seq_len: int | None = None) -> GPVAE:
-        """Frame encoder (MLP + temporal convolution), frame-wise decoder, GP or N(0, I) prior, and the
-        guide of ``guide.covariance`` with ``guide.flow`` on top (a flow acts on the flattened L x T latent,
-        so it needs the sequence length ``seq_len``)."""
+    def from_config(
+        cls, config: Config, data_dim: int, seq_len: int | None = None, frame_shape: Sequence[int] | None = None
+    ) -> GPVAE:
+        """Frame encoder (``model.frame_encoder``: an MLP, or convolutions on image frames of ``frame_shape``
+        first; then a temporal convolution over ``model.time_window`` steps), frame-wise decoder
+        (``model.decoder_hidden``), GP or N(0, I) prior, and the guide of ``guide.covariance`` with ``guide.flow``
+        on top (a flow acts on the flattened L x T latent, so it needs the sequence length ``seq_len``)."""
         from pyro_flowvae.guides.sequence import GPVAEGuide
 
         m, g = config.model, config.guide
-        decoder = Decoder(m.latent_dim, list(reversed(m.hidden)), data_dim, m.activation)
+        decoder_hidden = list(m.decoder_hidden) if m.decoder_hidden is not None else list(reversed(m.hidden))
+        decoder = Decoder(m.latent_dim, decoder_hidden, data_dim, m.activation)
         model = SequenceVAEModel(decoder, build_likelihood(m.likelihood, data_dim), build_sequence_prior(config))
         guide = GPVAEGuide(
             data_dim,
@@ -153,6 +158,10 @@ class GPVAE(nn.Module):
             time_length=seq_len,
             activation=m.activation,
             min_scale=g.min_scale,
+            kernel_size=m.time_window,
+            frame_encoder=m.frame_encoder,
+            frame_shape=frame_shape,
+            conv_channels=m.conv_channels,
         )
         return cls(model, guide)
 

@@ -27,7 +27,8 @@ class ImageTask(Task):
     datasets = DATASETS
     metric_keys = ("active_units",)
     foreign_keys = ("guide.covariance", "eval.impute_samples", "eval.level", "gp.kernel", "gp.lengthscale",
-                    "gp.variance", "gp.period", "gp.learn", "gp.jitter")  # fmt: skip
+                    "gp.variance", "gp.period", "gp.learn", "gp.jitter", "model.decoder_hidden",
+                    "model.frame_encoder", "model.conv_channels", "model.time_window")  # fmt: skip
 
     def check_config(self, config: Config) -> None:
         from pyro_flowvae.data.series import SEQUENCE_LOADERS

@@ -54,7 +54,7 @@ class SequenceTask(Task):
     def build_model(self, config: Config, meta: dict[str, Any]) -> nn.Module:
         from pyro_flowvae.models.gpvae import GPVAE
 
-        return GPVAE.from_config(config, meta["data_dim"], meta["seq_len"])
+        return GPVAE.from_config(config, meta["data_dim"], meta["seq_len"], meta.get("image_shape"))
 
     def evaluate(
         self, vae: nn.Module, data: Any, config: Config, dist_info: DistInfo, progress: bool = False

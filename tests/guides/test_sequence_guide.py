@@ -282,3 +282,53 @@ def test_guide_trains_under_svi(covariance, flow, particles):
     losses = [svi.step(x, mask, times) / n for _ in range(150)]
     first, last = sum(losses[:15]) / 15, sum(losses[-15:]) / 15
     assert last < 0.5 * first, (first, last)
+
+
+def test_conv_frame_encoder_reads_image_frames_and_ignores_missing_values():
+    """model.frame_encoder = 'conv' (Fortuin et al.'s image preprocessor): frames (1, 3, 4) go through two 3x3
+    convolutions before the frame MLP; features do not depend on the values at missing pixels, do depend on the
+    observed ones, and a pixel only reaches the preprocessed pixels within two 3x3 neighbourhoods."""
+    torch.manual_seed(0)
+    d = 12
+    encoder = SequenceEncoder(d, [8], frame_encoder="conv", frame_shape=(1, 3, 4), conv_channels=6).to(DTYPE)
+    x = torch.randn(B, T, d, dtype=DTYPE)
+    mask = (torch.rand(B, T, d) > 0.4).to(DTYPE)
+    h = encoder(x, mask)
+    assert h.shape == (B, T, 8)
+    scrambled = torch.where(mask.bool(), x, torch.randn_like(x))
+    torch.testing.assert_close(encoder(scrambled, mask), h)
+    observed = mask.nonzero()[0]
+    bumped = x.clone()
+    bumped[tuple(observed)] += 1.0
+    assert not torch.allclose(encoder(bumped, mask), h)
+    pre = encoder.preprocessor(x.masked_fill(mask == 0, 0.0), mask)
+    grad = torch.autograd.functional.jacobian(lambda v: encoder.preprocessor(v, mask)[0, 0], x)[:, 0, 0]  # (d, d)
+    rows, cols = torch.arange(d) // 4, torch.arange(d) % 4
+    far = ((rows[:, None] - rows[None]).abs() > 2) | ((cols[:, None] - cols[None]).abs() > 2)
+    assert pre.shape == x.shape and torch.all(grad[far] == 0) and torch.any(grad[~far] != 0)
+
+
+def test_conv_frame_encoder_needs_image_frames():
+    with pytest.raises(ConfigError, match=r"model\.frame_encoder = 'conv' needs frames that are images"):
+        SequenceEncoder(D, [8], frame_encoder="conv", frame_shape=None)
+    with pytest.raises(ConfigError, match=r"C\*H\*W = 5, got frame shape \(1, 2, 2\)"):
+        SequenceEncoder(D, [8], frame_encoder="conv", frame_shape=(1, 2, 2))
+    with pytest.raises(ConfigError, match=r"choose one of: mlp, conv"):
+        SequenceEncoder(D, [8], frame_encoder="cnn")
+
+
+def test_the_reference_config_builds_fortuins_architecture():
+    """examples/configs/hmnist_gpvae_reference.toml: latent 256, conv preprocessor, encoder 256-256 with a window
+    of 3, decoder 256-256-256, beta 0.8, batch 64."""
+    from pyro_flowvae.config import load_config
+    from tests.conftest import REPO
+
+    config = load_config(REPO / "examples" / "configs" / "hmnist_gpvae_reference.toml")
+    vae = config.task.build_model(config, {"data_dim": 784, "seq_len": 10, "image_shape": (1, 28, 28)})
+    encoder = vae.guide.encoder
+    assert isinstance(encoder.preprocessor.net[0], nn.Conv2d) and encoder.preprocessor.net[0].out_channels == 256
+    assert encoder.conv.kernel_size == (3,) and encoder.context_dim == 256
+    widths = [m.out_features for m in vae.model.decoder.modules() if isinstance(m, nn.Linear)]
+    assert widths == [256, 256, 256, 784] and vae.guide.latent_dim == 256
+    train = config.train
+    assert (train.beta, train.batch_size, train.epochs, config.gp.kernel) == (0.8, 64, 20, "cauchy")
