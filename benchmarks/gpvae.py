@@ -85,13 +85,17 @@ def run_hmnist(args: argparse.Namespace, out: Path) -> dict:
             for name, m in rows.items()
         },
     }  # fmt: skip
+    public = config.to_dict()
+    public["data"]["root"] = "DATA"  # the machine's own paths stay out of the committed results
+    if "cache_dir" in public["data"]:
+        public["data"]["cache_dir"] = "CACHE"
     result = {
         "task": "hmnist",
         "machine": machine(),
         "command": f"python benchmarks/gpvae.py hmnist --variant {args.variant} --data-root DATA "
         + " ".join(f"--set {s}" for s in args.set),
         "variant": args.variant,
-        "config": config.to_dict(),
+        "config": public,
         "data": {"generate_seconds": generate_s, **_data_meta(data.meta)},
         "table": table,
         "published_fortuin_2020": PUBLISHED,

@@ -209,6 +209,24 @@ def test_a_checkpoint_of_the_old_format_is_refused_with_what_to_do(tmp_path, tin
         load_checkpoint(tmp_path / "banded.pt")
 
 
+def test_a_checkpoint_written_before_a_key_existed_resumes_with_its_default(tmp_path, tiny_npz):
+    """Keys added since a checkpoint was written (train.beta, model.decoder_hidden, ...) default to the behaviour
+    of before them, so they are no config difference; a key the checkpoint has and this version lacks is."""
+    config = tiny_config(tiny_npz, {"train.epochs": 1})
+    runs.train(config, tmp_path / "run")
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    del state["config"]["train"]["beta"], state["config"]["train"]["divergence_factor"]
+    del state["config"]["model"]["frame_encoder"]
+    torch.save(state, path)
+    assert len(runs.train(runs.as_config(config, ["train.epochs=2"]), tmp_path / "run", resume=True).history) == 2
+    state = torch.load(path, weights_only=False)
+    state["config"]["train"]["momentum"] = 0.9  # a key of some other version
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"train\.momentum: checkpoint has 0\.9, config has None"):
+        runs.train(runs.as_config(config, ["train.epochs=3"]), tmp_path / "run", resume=True)
+
+
 def test_resuming_on_data_of_another_width_names_the_difference(tmp_path):
     from tests.conftest import make_binary_npz
 

@@ -9,7 +9,7 @@ import torch
 
 from pyro_flowvae._atomic import atomic_write
 from pyro_flowvae.config import Config, config_diff
-from pyro_flowvae.errors import CheckpointError
+from pyro_flowvae.errors import CheckpointError, FlowVAEError
 
 __all__ = [
     "save_checkpoint",
@@ -92,7 +92,7 @@ def load_checkpoint(
             "use the pyro-flowvae version that wrote it"
         )
     if config is not None:
-        diff = {k: v for k, v in config_diff(state["config"], config).items() if not resumable(k)}
+        diff = {k: v for k, v in config_diff(_with_defaults(state["config"]), config).items() if not resumable(k)}
         if diff:
             lines = "\n".join(f"  {k}: checkpoint has {a!r}, config has {b!r}" for k, (a, b) in diff.items())
             raise CheckpointError(
@@ -103,6 +103,16 @@ def load_checkpoint(
     if meta is not None:
         check_data_shape(state, meta, path, "resume with the data the run was trained on, or start a new run directory")
     return state
+
+
+def _with_defaults(saved: dict[str, Any]) -> Config | dict[str, Any]:
+    """The checkpoint's config with the keys added since it was written at their defaults (every new key's
+    default is the behaviour of before it existed), so that a new key is no difference; as stored when it no
+    longer validates (a key since removed: then that key is named)."""
+    try:
+        return Config.from_dict(saved)
+    except FlowVAEError:
+        return saved
 
 
 def check_data_shape(state: dict[str, Any], meta: dict[str, Any], path: str | Path, fix: str) -> None:
