@@ -111,7 +111,9 @@ def main(args: argparse.Namespace) -> dict:
         row = measure_one(args)
         print(json.dumps(row))
         return row
-    settings = [(100, 50, 10), (500, 50, 10), (100, 200, 10)] if args.smoke else SETTINGS
+    # smoke: K=500 with a sample chunk of 25 and of 500 (the chunk is capped at K, so it must not exceed it):
+    # 20x the decoder outputs held at once, tens of MiB, well above the noise of the resident set
+    settings = [(100, 25, 20), (500, 25, 20), (500, 500, 20)] if args.smoke else SETTINGS
     rows = []
     for guide in args.guides.split(","):
         for k, sample_chunk, data_chunk in settings:

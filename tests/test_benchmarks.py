@@ -84,11 +84,13 @@ def test_iw_eval_smoke_memory_grows_with_the_chunk(binarized_root):
     bench = load("iw_eval")
     result = bench.main(bench.parse_args(["--data-root", str(binarized_root), "--smoke", "--guides", "mean_field"]))
     by_setting = {(r["k"], r["sample_chunk"]): r for r in result["rows"]}
-    assert set(by_setting) == {(100, 50), (500, 50), (100, 200)}
+    assert set(by_setting) == {(100, 25), (500, 25), (500, 500)}
     for r in result["rows"]:  # the rate is the work (datapoints x samples) over the time it took
         assert r["datapoint_samples_per_s"] == pytest.approx(r["num_test"] * r["k"] / r["seconds"])
-    # a 4x larger sample chunk holds 4x the decoder outputs at once: the peak must show it
-    assert by_setting[(100, 200)]["peak_extra_mib"] > by_setting[(100, 50)]["peak_extra_mib"]
+    # a 20x larger sample chunk holds 20x the decoder outputs at once (20 x 500 x 784 floats, 30 MiB per tensor):
+    # the peak must show it, by more than the few MiB the resident set moves by on its own
+    small, large = by_setting[(500, 25)]["peak_extra_mib"], by_setting[(500, 500)]["peak_extra_mib"]
+    assert large > small + 20, (small, large)
 
 
 def test_guide_only_benchmark_keeps_the_decoder_and_starts_every_flow_at_mean_field(binarized_root, tmp_path):
