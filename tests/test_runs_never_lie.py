@@ -49,7 +49,7 @@ def test_a_finite_divergence_stops_the_run_and_exits_non_zero(tmp_path, tiny_npz
     assert train(config, out, *sets("train.lr=1e6")) == 2
     err = no_traceback(capsys.readouterr().err)
     assert re.search(r"the validation ELBO became -?[0-9.e+]+ after epoch 1, below .*train\.divergence_factor", err)
-    assert "no epoch had ended with finite losses, so there is no checkpoint" in err and "smaller train.lr" in err
+    assert "no epoch had ended before the divergence, so there is no checkpoint" in err and "smaller train.lr" in err
     assert sorted(p.name for p in out.iterdir()) == ["config.toml"]
 
 
@@ -180,6 +180,28 @@ def test_compare_can_be_continued_after_an_interruption(tmp_path, tiny_npz, caps
     assert [(r["guide"], r["num_flows"]) for r in rows] == [("mean_field", 0), ("iaf", 1)]
 
 
+def test_compare_resume_reuses_a_finished_guide_only_for_the_figures_asked_for(tmp_path, tiny_npz, capsys):
+    """A finished guide is reused only when its data and the settings that make its figures are the comparison's:
+    other data of the same shape, another eval.* or train.lr are named, not silently reported as the old rows."""
+    config = write_config(tmp_path, tiny_npz)
+    out = tmp_path / "cmp"
+    args = ["compare", str(config), "--guides", "mean_field", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    finished = (out / "mean_field" / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    assert main([*args, "--resume", *sets("train.progress=false")]) == 0  # a key that changes no figure: reused
+    assert (out / "mean_field" / "checkpoint.pt").read_bytes() == finished
+    rows = (out / "comparison.json").read_bytes()
+    for override, named in [("eval.iw_samples=7", "eval.iw_samples"), ("train.lr=0.0005", "train.lr")]:
+        assert main([*args, "--resume", *sets(override)]) == 2
+        err = no_traceback(capsys.readouterr().err)
+        assert named in err and "pyro-flowvae evaluate" in err
+    other = make_binary_npz(tmp_path / "other.npz", seed=3)  # the same width, other images
+    assert main([*args, "--resume", *sets(f"data.path={other}")]) == 2
+    assert "data_fingerprint" in no_traceback(capsys.readouterr().err)
+    assert (out / "comparison.json").read_bytes() == rows  # nothing recorded for the refused comparisons
+
+
 # ------------------------------------------------------------------------------------------------------------ evaluate
 
 
@@ -257,6 +279,27 @@ def test_bad_files_and_paths_get_one_message(tmp_path, tiny_npz, capsys, case, m
     err = no_traceback(capsys.readouterr().err)
     assert err.startswith("pyro-flowvae train: error:") and re.search(match, err), err
     assert blocker.read_text() == "a file in the way"
+
+
+def test_a_run_directory_without_write_permission_names_the_cause(tmp_path, tiny_npz, capsys, monkeypatch):
+    """EACCES creating --out (the tests run as root, who may write anywhere, so the refusal is simulated where the
+    run directory is made): one message naming the permission and the fix, exit code 2, no traceback."""
+    from pathlib import Path
+
+    config = write_config(tmp_path, tiny_npz)
+    out = tmp_path / "locked" / "run"
+    mkdir = Path.mkdir
+
+    def refuse(self, *args, **kwargs):
+        if self == out:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    assert train(config, out) == 2
+    err = no_traceback(capsys.readouterr().err)
+    assert "EACCES" in err and "choose a folder you may write to (--out), or fix its permissions" in err, err
+    assert not out.exists()
 
 
 def test_a_full_disk_while_writing_a_checkpoint_names_the_cause(tmp_path, tiny_npz, capsys, monkeypatch):

@@ -457,7 +457,7 @@ class Trainer:
         if self.run_dir is not None and self._saved:
             return f"the checkpoint of the last finished epoch, {self._path(CHECKPOINT)}, is intact"
         if self.run_dir is not None:
-            ended = "ended with finite losses" if diverged else "finished"
+            ended = "ended before the divergence" if diverged else "finished"
             return f"no epoch had {ended}, so there is no checkpoint"
         return "there is no run directory, so nothing was saved"
 

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from pyro_flowvae._atomic import atomic_write
-from pyro_flowvae.config import Config, GuideConfig, load_config
+from pyro_flowvae.config import Config, GuideConfig, config_diff, load_config
 from pyro_flowvae.data.fingerprint import data_fingerprint
-from pyro_flowvae.errors import ConfigError, FlowVAEError, OutputError, os_error_message
+from pyro_flowvae.errors import CheckpointError, ConfigError, FlowVAEError, OutputError, os_error_message
 from pyro_flowvae.infer.checkpoint import check_data_shape, load_checkpoint
 from pyro_flowvae.infer.distributed import DistInfo, init_distributed, on_main, resolve_device
 from pyro_flowvae.infer.trainer import BEST, CHECKPOINT, Trainer, TrainResult
@@ -351,7 +351,7 @@ def compare(
     data = configs[0].task.load_data(configs[0])
     rows = []
     for cfg, spec, run_dir in zip(configs, guides, run_dirs):
-        m = _finished_metrics(run_dir, cfg) if resume else None
+        m = _finished_metrics(run_dir, cfg, data) if resume else None
         if m is None:
             again = resume and (run_dir / CHECKPOINT).is_file()
             m = train(cfg, run_dir, data=data, verbose=verbose, resume=again).metrics
@@ -364,20 +364,57 @@ def compare(
         )  # fmt: skip
         keys = (*keys, *(k for k in cfg.task.metric_keys if k not in keys))  # the task's own metrics
         rows.append({key: m.get(key) for key in keys})
-        _write_json(out / "comparison.json", {"rows": rows, "config": configs[0].to_dict(), "versions": versions()})
+        _write_json(
+            out / "comparison.json",
+            {"rows": rows, "config": configs[0].with_resolved_paths().to_dict(), "versions": versions()},
+        )
     return rows
 
 
-def _finished_metrics(run_dir: Path, config: Config) -> dict[str, Any] | None:
-    """The metrics of a finished run in ``run_dir`` trained with ``config`` (a checkpoint of another config is
-    refused, naming the keys); None when the run has not finished."""
+#: keys a resumed run may change that cannot change a finished run's figures (where the data live is checked by
+#: the data's fingerprint instead); any other difference from a finished run's config means its figures are not
+#: those the comparison asks for
+_INERT_KEYS = (
+    "train.epochs",  # compared on its own: a raised train.epochs resumes the run
+    "train.progress",
+    "train.log_every",
+    "train.device",
+    "distributed.backend",
+    "distributed.timeout_s",
+    "data.root",
+    "data.path",
+    "data.download",
+    "data.cache_dir",
+)
+
+
+def _finished_metrics(run_dir: Path, config: Config, data: Any) -> dict[str, Any] | None:
+    """The metrics of a finished run in ``run_dir`` trained and scored with ``config`` on ``data``; None when the
+    run has not finished. A checkpoint of another model config or other data is refused, naming what differs; so is
+    a finished run whose config differs in a key that changes its figures (``eval.*``, ``train.lr``,
+    ``train.patience``, ``train.restore_best``): reusing it would report figures the comparison did not ask for."""
     metrics = run_dir / METRICS_FILE
     if not (metrics.is_file() and (run_dir / CHECKPOINT).is_file()):
         return None
-    run_state = load_checkpoint(run_dir / CHECKPOINT, config.with_resolved_paths())["run_state"]
+    config = config.with_resolved_paths()
+    meta = config.task.meta(data)
+    meta["data_fingerprint"] = data_fingerprint(data)
+    run_state = load_checkpoint(run_dir / CHECKPOINT, config, meta=meta)["run_state"]
     stopped_early = run_state["patience_left"] is not None and run_state["patience_left"] <= 0
     if run_state["epoch"] < config.train.epochs and not stopped_early:
         return None  # scored after a shorter schedule: train.epochs was raised since
+    try:
+        saved = load_config(run_dir / CONFIG_FILE)
+    except FlowVAEError:
+        return None  # unreadable: train and score the run again
+    changed = {k: v for k, v in config_diff(saved, config).items() if k not in _INERT_KEYS}
+    if changed:
+        lines = "\n".join(f"  {k}: the run has {a!r}, this comparison asks for {b!r}" for k, (a, b) in changed.items())
+        raise CheckpointError(
+            f"{run_dir} finished with other settings than this comparison's, so its figures are not the ones asked "
+            f"for:\n{lines}\nre-score it with pyro-flowvae evaluate {run_dir} --set KEY=VALUE (eval.* keys), compare "
+            "into another --out, or compare with the settings the run was made with"
+        )
     try:
         return json.loads(metrics.read_text())
     except (OSError, ValueError):
