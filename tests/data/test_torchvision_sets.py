@@ -161,6 +161,43 @@ def test_a_truncated_extracted_file_names_the_folder_to_clear(mnist_root, tmp_pa
     assert load_data("mnist", root=str(root), limit=10).train.shape == (10, 784)
 
 
+def _train_cli(root: Path, out: Path, *extra: str) -> int:
+    from pyro_flowvae.cli import main
+
+    config = Path(__file__).resolve().parents[2] / "examples" / "configs" / "mnist_mean_field.toml"
+    sets = [f"data.root={root}", "data.limit=10", "train.epochs=1", *extra]
+    return main(["train", str(config), "--out", str(out), "--quiet", *(a for s in sets for a in ("--set", s))])
+
+
+def test_the_cli_names_a_corrupted_root_behind_a_warm_cache_and_a_truncated_extraction(
+    read_only_mnist_root, mnist_root, tmp_path, no_network, capsys
+):
+    """Both data faults above, through ``pyro-flowvae train``: one message naming the file and the fix, exit code
+    2, no traceback, and no run directory left behind."""
+    cache = tmp_path / "cache"
+    load_data("mnist", root=str(read_only_mnist_root), cache_dir=str(cache), limit=10)  # the cache is warm
+    bad = tmp_path / "bad_root" / "MNIST" / "raw"
+    bad.mkdir(parents=True)
+    for f in MNIST_GZ:
+        shutil.copyfile(read_only_mnist_root / "MNIST" / "raw" / f, bad / f)
+    with open(bad / "train-images-idx3-ubyte.gz", "r+b") as handle:
+        handle.seek(5000)
+        handle.write(b"\x00" * 64)
+    capsys.readouterr()
+    assert _train_cli(tmp_path / "bad_root", tmp_path / "run1", f"data.cache_dir={cache}") == 2
+    err = capsys.readouterr().err
+    assert "train-images-idx3-ubyte.gz is not the original MNIST file" in err and "Traceback" not in err
+    root = tmp_path / "root"
+    shutil.copytree(mnist_root / "MNIST", root / "MNIST")
+    load_data("mnist", root=str(root), limit=10)  # extracts in place
+    images = root / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[: 1 << 20])
+    assert _train_cli(root, tmp_path / "run2") == 2
+    err = capsys.readouterr().err
+    assert "truncated or corrupted. Delete the *-ubyte files there" in err and "Traceback" not in err
+    assert not (tmp_path / "run1" / "checkpoint.pt").exists() and not (tmp_path / "run2" / "checkpoint.pt").exists()
+
+
 class TestMissingFiles:
     def test_missing_root_names_the_path_and_the_fix(self, tmp_path, no_network):
         root = tmp_path / "nowhere"
