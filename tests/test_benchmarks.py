@@ -55,17 +55,30 @@ def binarized_root():
 
 
 @pytest.mark.slow
-def test_likelihood_table_smoke_trains_each_guide_and_reuses_finished_runs(binarized_root, tmp_path):
+def test_likelihood_table_smoke_pairs_every_guide_with_mean_field_and_reuses_finished_runs(binarized_root, tmp_path):
+    import torch
+
     bench = load("likelihood_table")
     argv = ["--data-root", str(binarized_root), "--smoke", "--out", str(tmp_path), "--guides", "mean_field,planar:2"]
     result = bench.main(bench.parse_args(argv))
-    assert [r["spec"] for r in result["rows"]] == ["mean_field", "planar:2"]
+    base, planar = result["rows"]
+    assert [base["spec"], planar["spec"]] == ["mean_field", "planar:2"]
     assert all(r["test_log_px"] >= r["test_elbo"] and r["curve"] for r in result["rows"])
     assert result["config"]["model"]["hidden"] == [300, 300] and result["config"]["model"]["latent_dim"] == 40
-    stamp = (tmp_path / "planar_2" / "comparison.json").stat().st_mtime_ns
-    again = bench.main(bench.parse_args([*argv, "--reuse"]))  # a finished guide is not trained again
-    assert (tmp_path / "planar_2" / "comparison.json").stat().st_mtime_ns == stamp
-    assert again["rows"][1]["test_log_px"] == result["rows"][1]["test_log_px"]
+    # both guides scored on the same images, per image: the gain is the mean of the paired differences
+    runs = [tmp_path / "mean_field" / "mean_field", tmp_path / "planar_2" / "planar_2"]
+    scores = [torch.load(next(d.glob("likelihood_scores_*.pt"))) for d in runs]
+    assert torch.equal(scores[0]["indices"], scores[1]["indices"])
+    diff = (scores[1]["log_px"] - scores[0]["log_px"]).double()
+    assert planar["log_px_gain_over_mean_field"] == pytest.approx(float(diff.mean()))
+    assert planar["log_px_gain_stderr"] == pytest.approx(float(diff.std() / diff.numel() ** 0.5))
+    assert "elbo_gain_over_mean_field" not in base
+    stamps = [(d / "checkpoint.pt").stat().st_mtime_ns for d in runs]
+    again = bench.main(bench.parse_args(argv))  # finished guides are not trained or scored again
+    assert [(d / "checkpoint.pt").stat().st_mtime_ns for d in runs] == stamps
+    assert again["rows"][1]["test_log_px"] == planar["test_log_px"]
+    with pytest.raises(SystemExit, match="mean_field"):
+        bench.main(bench.parse_args([*argv[:-1], "planar:2,mean_field"]))
 
 
 @pytest.mark.slow
@@ -147,3 +160,26 @@ def test_hmnist_frames_variant_scores_the_hidden_frames(mnist_root, tmp_path):
     assert all(0.0 <= row["mse_missing_frames"] <= 1.0 for row in table.values())
     assert "MSE (hidden frames)" in bench.format_hmnist(result)
     assert bench._result_name(bench.parse_args(args)) == "gpvae_hmnist_frames"
+
+
+def test_the_gpvae_benchmarks_frame_wise_vae_encodes_each_frame_alone():
+    """The baseline of the Healing MNIST tables is frame-wise in its encoder too (a temporal window of 1, as
+    Fortuin et al.'s VAE): changing frame 6 moves the encoder's features of frame 6 only. With the GP-VAE's
+    window of 3 it moves frames 5-7."""
+    import torch
+
+    from pyro_flowvae.config import load_config
+
+    bench = load("gpvae")
+    base = load_config(REPO / "examples" / "configs" / "hmnist_gpvae.toml")
+    meta = {"data_dim": 784, "seq_len": 10, "image_shape": (1, 28, 28)}
+    x = torch.rand(2, 10, 784).round()
+    mask = torch.ones_like(x)
+    bumped = x.clone()
+    bumped[:, 6] = 1.0 - bumped[:, 6]
+    for overrides, moved_frames in [(bench.FRAMEWISE, [6]), ({}, [5, 6, 7])]:
+        torch.manual_seed(0)
+        encoder = base.task.build_model(base.with_overrides(overrides), meta).guide.encoder
+        with torch.no_grad():
+            moved = (encoder(bumped, mask) - encoder(x, mask)).abs().amax(dim=(0, 2))
+        assert torch.nonzero(moved).flatten().tolist() == moved_frames

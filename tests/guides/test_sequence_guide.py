@@ -332,3 +332,10 @@ def test_the_reference_config_builds_fortuins_architecture():
     assert widths == [256, 256, 256, 784] and vae.guide.latent_dim == 256
     train = config.train
     assert (train.beta, train.batch_size, train.epochs, config.gp.kernel) == (0.8, 64, 20, "cauchy")
+    # Fortuin's cauchy_kernel(T, sigma=1, length_scale=2): sigma / (1 + d^2 / length_scale^2) over the frames
+    from pyro_flowvae.priors.kernels import build_kernel, evaluate_kernel
+
+    t = torch.arange(10, dtype=torch.float64)
+    kernel = build_kernel(config.gp.kernel, lengthscale=config.gp.lengthscale[0], variance=config.gp.variance)
+    fortuin = 1.0 / (1.0 + (t[:, None] - t) ** 2 / 2.0**2)
+    torch.testing.assert_close(evaluate_kernel(kernel, t).double(), fortuin, rtol=1e-6, atol=1e-7)
