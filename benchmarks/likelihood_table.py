@@ -216,7 +216,7 @@ def main(args: argparse.Namespace) -> dict:
         "machine": machine(),
         "versions": versions(),
         "command": command,
-        "config": config.to_dict(),
+        "config": {**config.to_dict(), "data": {**config.to_dict()["data"], "root": "DATA"}},  # no local paths
         "rows": rows,
         "literature": LITERATURE,
         "targets_nll": TARGETS,
