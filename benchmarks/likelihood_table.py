@@ -207,6 +207,8 @@ def main(args: argparse.Namespace) -> dict:
     for r in rows:
         r["iw_samples"] = num_samples
     extra = "".join(f" --set {s}" for s in args.set)
+    settings = config.to_dict()
+    settings["data"]["root"] = "DATA"  # no local paths in committed results
     command = (
         f"python benchmarks/likelihood_table.py --data-root DATA --guides {args.guides} --epochs {args.epochs} "
         f"--warmup {args.warmup:g} --lr-schedule {args.lr_schedule} --iw-samples {args.iw_samples} "
@@ -216,7 +218,7 @@ def main(args: argparse.Namespace) -> dict:
         "machine": machine(),
         "versions": versions(),
         "command": command,
-        "config": {**config.to_dict(), "data": {**config.to_dict()["data"], "root": "DATA"}},  # no local paths
+        "config": settings,
         "rows": rows,
         "literature": LITERATURE,
         "targets_nll": TARGETS,

@@ -147,8 +147,7 @@ def fit_model(
     and the plots."""
     task = config.task
     task.check_data(config, data)
-    meta = task.meta(data)
-    meta["data_fingerprint"] = data_fingerprint(data)  # resume refuses other data of the same shape
+    meta = _data_meta(config, data)
     pyro.clear_param_store()  # pyro.module keeps stale parameters of an earlier model with the same names
     pyro.set_rng_seed(config.train.seed)
     vae = task.build_model(config, meta)
@@ -371,21 +370,18 @@ def compare(
     return rows
 
 
-#: keys a resumed run may change that cannot change a finished run's figures (where the data live is checked by
-#: the data's fingerprint instead); any other difference from a finished run's config means its figures are not
-#: those the comparison asks for
-_INERT_KEYS = (
-    "train.epochs",  # compared on its own: a raised train.epochs resumes the run
-    "train.progress",
-    "train.log_every",
-    "train.device",
-    "distributed.backend",
-    "distributed.timeout_s",
-    "data.root",
-    "data.path",
-    "data.download",
-    "data.cache_dir",
-)
+#: resumable keys (see :data:`~pyro_flowvae.infer.checkpoint.RESUMABLE_KEYS`) that change a finished run's figures:
+#: a finished run is reused only when they match (the other resumable keys cannot change them, and where the data
+#: live is checked by the data's fingerprint instead)
+_FIGURE_KEYS = ("train.lr", "train.patience", "train.restore_best")
+_FIGURE_PREFIXES = ("eval.",)
+
+
+def _data_meta(config: Config, data: Any) -> dict[str, Any]:
+    """What a checkpoint records of its data: the task's shapes and a fingerprint of the content."""
+    meta = config.task.meta(data)
+    meta["data_fingerprint"] = data_fingerprint(data)  # resume refuses other data of the same shape
+    return meta
 
 
 def _finished_metrics(run_dir: Path, config: Config, data: Any) -> dict[str, Any] | None:
@@ -397,9 +393,7 @@ def _finished_metrics(run_dir: Path, config: Config, data: Any) -> dict[str, Any
     if not (metrics.is_file() and (run_dir / CHECKPOINT).is_file()):
         return None
     config = config.with_resolved_paths()
-    meta = config.task.meta(data)
-    meta["data_fingerprint"] = data_fingerprint(data)
-    run_state = load_checkpoint(run_dir / CHECKPOINT, config, meta=meta)["run_state"]
+    run_state = load_checkpoint(run_dir / CHECKPOINT, config, meta=_data_meta(config, data))["run_state"]
     stopped_early = run_state["patience_left"] is not None and run_state["patience_left"] <= 0
     if run_state["epoch"] < config.train.epochs and not stopped_early:
         return None  # scored after a shorter schedule: train.epochs was raised since
@@ -407,7 +401,9 @@ def _finished_metrics(run_dir: Path, config: Config, data: Any) -> dict[str, Any
         saved = load_config(run_dir / CONFIG_FILE)
     except FlowVAEError:
         return None  # unreadable: train and score the run again
-    changed = {k: v for k, v in config_diff(saved, config).items() if k not in _INERT_KEYS}
+    changed = {
+        k: v for k, v in config_diff(saved, config).items() if k in _FIGURE_KEYS or k.startswith(_FIGURE_PREFIXES)
+    }
     if changed:
         lines = "\n".join(f"  {k}: the run has {a!r}, this comparison asks for {b!r}" for k, (a, b) in changed.items())
         raise CheckpointError(

@@ -124,18 +124,25 @@ def test_read_only_copy_is_not_written(read_only_mnist_root, tmp_path, no_networ
     assert no_network == []
 
 
+def _corrupted_copy(root: Path, dest: Path) -> Path:
+    """A copy of ``root``'s MNIST .gz files under ``dest`` whose training images are corrupted (the same size, other
+    bytes); its MNIST/raw folder."""
+    raw = dest / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in MNIST_GZ:
+        shutil.copyfile(root / "MNIST" / "raw" / f, raw / f)
+    with open(raw / "train-images-idx3-ubyte.gz", "r+b") as handle:
+        handle.seek(5000)
+        handle.write(b"\x00" * 64)
+    return raw
+
+
 def test_a_warm_cache_never_hides_a_corrupted_root(read_only_mnist_root, tmp_path, no_network):
     """The cache of a good root is warm; a second read-only root whose .gz is corrupted, with the same cache_dir,
     is refused by its MD5 sum instead of being served the first root's extraction."""
     cache = tmp_path / "cache"
     load_data("mnist", root=str(read_only_mnist_root), cache_dir=str(cache), limit=10)
-    bad = tmp_path / "bad_root" / "MNIST" / "raw"
-    bad.mkdir(parents=True)
-    for f in MNIST_GZ:
-        shutil.copyfile(read_only_mnist_root / "MNIST" / "raw" / f, bad / f)
-    with open(bad / "train-images-idx3-ubyte.gz", "r+b") as handle:
-        handle.seek(5000)
-        handle.write(b"\x00" * 64)  # the same size, other bytes
+    bad = _corrupted_copy(read_only_mnist_root, tmp_path / "bad_root")
     bad.chmod(0o555)
     try:
         with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz is not the original MNIST file.*MD5"):
@@ -176,13 +183,7 @@ def test_the_cli_names_a_corrupted_root_behind_a_warm_cache_and_a_truncated_extr
     2, no traceback, and no run directory left behind."""
     cache = tmp_path / "cache"
     load_data("mnist", root=str(read_only_mnist_root), cache_dir=str(cache), limit=10)  # the cache is warm
-    bad = tmp_path / "bad_root" / "MNIST" / "raw"
-    bad.mkdir(parents=True)
-    for f in MNIST_GZ:
-        shutil.copyfile(read_only_mnist_root / "MNIST" / "raw" / f, bad / f)
-    with open(bad / "train-images-idx3-ubyte.gz", "r+b") as handle:
-        handle.seek(5000)
-        handle.write(b"\x00" * 64)
+    _corrupted_copy(read_only_mnist_root, tmp_path / "bad_root")
     capsys.readouterr()
     assert _train_cli(tmp_path / "bad_root", tmp_path / "run1", f"data.cache_dir={cache}") == 2
     err = capsys.readouterr().err
