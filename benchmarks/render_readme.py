@@ -141,7 +141,15 @@ def _hmnist_part(data: dict, path: str) -> str:
             f"{meta.get('seed', 0)}). Latent {cfg['model']['latent_dim']}, MLP {cfg['model']['hidden']}, "
             f"`{cfg['gp']['kernel']}` kernel; VAE {runs['vae']['epochs']} epochs (best {runs['vae']['best_epoch']}), "
             f"GP-VAE {runs['gp_vae']['epochs']} epochs (best {runs['gp_vae']['best_epoch']}, "
-            f"{runs['gp_vae']['train_examples_per_s']:.0f} sequences/s). Measured on {data['machine']} "
+            f"{runs['gp_vae']['train_examples_per_s']:.0f} sequences/s)"
+            + (
+                f", GP-VAE with planar K={runs['gp_vae_planar']['num_flows']} {runs['gp_vae_planar']['epochs']} "
+                f"epochs (best {runs['gp_vae_planar']['best_epoch']}, "
+                f"{runs['gp_vae_planar']['train_examples_per_s']:.0f} sequences/s)"
+                if "gp_vae_planar" in runs
+                else ""
+            )
+            + f". Measured on {data['machine']} "
             f"(`{path}`, `{data['command']}`).",
             "",
             format_hmnist(data),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 
 import pytest
@@ -156,10 +157,20 @@ def test_hmnist_frames_variant_scores_the_hidden_frames(mnist_root, tmp_path):
     assert result["variant"] == "frames" and result["data"]["missing"] == "frames"
     assert result["data"]["missing_frames"] == 3 and result["config"]["data"]["options"]["missing_rate"] == 0.4
     table = result["table"]
-    assert set(table) == {"mean_imputation", "forward_imputation", "vae", "gp_vae"}
+    assert set(table) == {"mean_imputation", "forward_imputation", "vae", "gp_vae", "gp_vae_planar"}
     assert all(0.0 <= row["mse_missing_frames"] <= 1.0 for row in table.values())
     assert "MSE (hidden frames)" in bench.format_hmnist(result)
     assert bench._result_name(bench.parse_args(args)) == "gpvae_hmnist_frames"
+    assert result["runs"]["gp_vae_planar"]["guide"] == "planar" and result["runs"]["gp_vae_planar"]["num_flows"] == 8
+    assert not any(run["reused"] for run in result["runs"].values())
+
+    # the same --out again: the finished rows are reused, and a row whose run is gone is trained again
+    shutil.rmtree(tmp_path / "gp_vae_planar")
+    again = bench.main(bench.parse_args(args))
+    assert {name: bool(run["reused"]) for name, run in again["runs"].items()} == {
+        "vae": True, "gp_vae": True, "gp_vae_planar": False,
+    }  # fmt: skip
+    assert again["table"]["gp_vae"] == table["gp_vae"]
 
 
 def test_the_gpvae_benchmarks_frame_wise_vae_encodes_each_frame_alone():
@@ -183,3 +194,17 @@ def test_the_gpvae_benchmarks_frame_wise_vae_encodes_each_frame_alone():
         with torch.no_grad():
             moved = (encoder(bumped, mask) - encoder(x, mask)).abs().amax(dim=(0, 2))
         assert torch.nonzero(moved).flatten().tolist() == moved_frames
+
+
+def test_the_airline_interval_score_charges_width_and_misses_by_the_level():
+    """Gneiting & Raftery's interval score: the width when the truth is inside, plus 2 / alpha times the miss
+    outside; a band twice as wide as needed scores worse than a tight one that still covers."""
+    bench = load("gpvae")
+    rows = [{"truth": [10.0, 10.0, 10.0], "mean": [10.0] * 3, "lower": [9.0, 11.0, 5.0], "upper": [11.0, 12.0, 9.0]}]
+    figures = bench.pooled(rows, level=0.9)
+    # widths 2, 1, 4; misses 0, 1 below, 1 above; 2 / alpha = 20
+    assert figures["interval_score"] == pytest.approx((2 + (1 + 20) + (4 + 20)) / 3)
+    assert figures["coverage"] == pytest.approx(1 / 3)
+    tight = bench.pooled([{"truth": [10.0], "mean": [10.0], "lower": [9.0], "upper": [11.0]}], level=0.9)
+    wide = bench.pooled([{"truth": [10.0], "mean": [10.0], "lower": [8.0], "upper": [12.0]}], level=0.9)
+    assert tight["coverage"] == wide["coverage"] == 1.0 and tight["interval_score"] < wide["interval_score"]

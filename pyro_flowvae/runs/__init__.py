@@ -29,6 +29,7 @@ __all__ = [
     "as_config",
     "load_run_data",
     "train",
+    "finished_metrics",
     "fit_model",
     "evaluate_run",
     "load_run",
@@ -350,7 +351,7 @@ def compare(
     data = configs[0].task.load_data(configs[0])
     rows = []
     for cfg, spec, run_dir in zip(configs, guides, run_dirs):
-        m = _finished_metrics(run_dir, cfg, data) if resume else None
+        m = finished_metrics(run_dir, cfg, data) if resume else None
         if m is None:
             again = resume and (run_dir / CHECKPOINT).is_file()
             m = train(cfg, run_dir, data=data, verbose=verbose, resume=again).metrics
@@ -384,7 +385,7 @@ def _data_meta(config: Config, data: Any) -> dict[str, Any]:
     return meta
 
 
-def _finished_metrics(run_dir: Path, config: Config, data: Any) -> dict[str, Any] | None:
+def finished_metrics(run_dir: Path, config: Config, data: Any) -> dict[str, Any] | None:
     """The metrics of a finished run in ``run_dir`` trained and scored with ``config`` on ``data``; None when the
     run has not finished. A checkpoint of another model config or other data is refused, naming what differs; so is
     a finished run whose config differs in a key that changes its figures (``eval.*``, ``train.lr``,
