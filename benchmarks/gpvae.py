@@ -25,7 +25,7 @@ import torch
 from pyro_flowvae.config import Config
 from pyro_flowvae.data.airline import to_passengers
 from pyro_flowvae.evaluation.sequences import forecast_interval_metrics, impute_batches
-from pyro_flowvae.runs import as_config, finished_metrics, load_run, load_run_data, machine, train, versions
+from pyro_flowvae.runs import as_config, load_run, load_run_data, machine, train, train_or_reuse, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -261,18 +261,17 @@ def plot_backtest(per_origin: list[dict], level: float, path: Path) -> None:
 
 
 def _train_or_reuse(config: Config, run_dir: Path, data: Any) -> dict:
-    """The metrics of ``config`` trained into ``run_dir``, with ``seconds``; a run that finished there with the
-    same config and data is reused (its ``seconds`` then sum the epochs of its log, and ``reused`` is set), so
-    rerunning the benchmark with the same ``--out`` trains only the rows it lacks."""
-    finished = finished_metrics(run_dir, config, data)
-    if finished is not None:
-        lines = (run_dir / "log.jsonl").read_text().splitlines()
-        seconds = sum(rec.get("seconds", 0.0) for rec in map(json.loads, lines) if "epoch" in rec)
-        print(f"{run_dir.name}: finished in {run_dir}, reused", flush=True)
-        return {**finished, "seconds": seconds, "reused": True}
+    """:func:`~pyro_flowvae.runs.train_or_reuse` with ``seconds``: the wall time of this training, or for a reused
+    run (``reused`` set) the sum of its logged epochs, so rerunning the benchmark with the same ``--out`` trains
+    only the rows it lacks."""
     tick = time.perf_counter()
-    result = train(config, run_dir, data=data, verbose=True, resume=(run_dir / "checkpoint.pt").is_file())
-    return {**result.metrics, "seconds": time.perf_counter() - tick}
+    metrics, reused = train_or_reuse(config, run_dir, data, verbose=True)
+    if not reused:
+        return {**metrics, "seconds": time.perf_counter() - tick}
+    lines = (run_dir / "log.jsonl").read_text().splitlines()
+    seconds = sum(rec.get("seconds", 0.0) for rec in map(json.loads, lines) if "epoch" in rec)
+    print(f"{run_dir.name}: finished in {run_dir}, reused", flush=True)
+    return {**metrics, "seconds": seconds, "reused": True}
 
 
 def format_hmnist(result: dict) -> str:

@@ -30,6 +30,7 @@ __all__ = [
     "load_run_data",
     "train",
     "finished_metrics",
+    "train_or_reuse",
     "fit_model",
     "evaluate_run",
     "load_run",
@@ -351,12 +352,12 @@ def compare(
     data = configs[0].task.load_data(configs[0])
     rows = []
     for cfg, spec, run_dir in zip(configs, guides, run_dirs):
-        m = finished_metrics(run_dir, cfg, data) if resume else None
-        if m is None:
-            again = resume and (run_dir / CHECKPOINT).is_file()
-            m = train(cfg, run_dir, data=data, verbose=verbose, resume=again).metrics
-        elif verbose:
-            print(f"{spec}: finished in {run_dir}, reused", file=sys.stderr, flush=True)
+        if resume:
+            m, reused = train_or_reuse(cfg, run_dir, data, verbose=verbose)
+            if reused and verbose:
+                print(f"{spec}: finished in {run_dir}, reused", file=sys.stderr, flush=True)
+        else:
+            m = train(cfg, run_dir, data=data, verbose=verbose).metrics
         keys = (
             "guide", "num_flows", "test_elbo", "test_elbo_stderr", "test_log_px", "test_log_px_stderr", "iw_samples",
             "num_test", "pareto_k_share_above_0_7", "train_examples_per_s", "num_params", "epochs",
@@ -383,6 +384,17 @@ def _data_meta(config: Config, data: Any) -> dict[str, Any]:
     meta = config.task.meta(data)
     meta["data_fingerprint"] = data_fingerprint(data)  # resume refuses other data of the same shape
     return meta
+
+
+def train_or_reuse(config: Config, run_dir: Path, data: Any, verbose: bool = False) -> tuple[dict[str, Any], bool]:
+    """The metrics of ``config`` trained on ``data`` into ``run_dir``, and whether they were reused: a run that
+    finished there with the same config and data is reused (:func:`finished_metrics`), an interrupted one resumes
+    from its checkpoint, otherwise the run starts."""
+    finished = finished_metrics(run_dir, config, data)
+    if finished is not None:
+        return finished, True
+    again = (run_dir / CHECKPOINT).is_file()
+    return train(config, run_dir, data=data, verbose=verbose, resume=again).metrics, False
 
 
 def finished_metrics(run_dir: Path, config: Config, data: Any) -> dict[str, Any] | None:
