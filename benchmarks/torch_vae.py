@@ -54,6 +54,9 @@ HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 class TorchFlow(nn.Module):
     """``forward(z0, h) -> (z_K, sum_k log|det J_k|)`` for z0 of shape (B, L) and context h of shape (B, H)."""
 
+    #: a rotation: applied to mu + sigma * eps, since on eps ~ N(0, I) it would change nothing
+    orthogonal = False
+
     def forward(self, z: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
@@ -97,7 +100,8 @@ class PlanarFlow(TorchFlow):
 
 class RadialFlow(TorchFlow):
     r"""K radial layers :math:`z \mapsto z + \beta (z - z_0) / (\alpha + r)`, :math:`r = \|z - z_0\|`, with
-    :math:`\alpha = \mathrm{softplus}(\alpha')`, :math:`\beta = -\alpha + \mathrm{softplus}(\beta')` ([1] A.2);
+    :math:`\alpha = c\,\mathrm{softplus}(\alpha')`, :math:`\beta = c\,(\mathrm{softplus}(\beta') -
+    \mathrm{softplus}(\alpha'))` ([1] A.2, scaled by :math:`c = \sqrt{L}`, the radius of standardized noise);
     the head's K rows are :math:`(z_0, \alpha', \beta')`."""
 
     def __init__(self, latent_dim: int, context_dim: int, num_flows: int) -> None:
@@ -108,8 +112,8 @@ class RadialFlow(TorchFlow):
     def forward(self, z: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         L = self.latent_dim
         centre, alpha, beta = self.head(h).unflatten(-1, (self.num_flows, L + 2)).split([L, 1, 1], dim=-1)
-        alpha = F.softplus(alpha)
-        beta = F.softplus(beta) - alpha
+        alpha = math.sqrt(L) * F.softplus(alpha)
+        beta = math.sqrt(L) * F.softplus(beta) - alpha
         log_det = z.new_zeros(z.shape[:-1])
         for k in range(self.num_flows):
             diff = z - centre[:, k]
@@ -125,6 +129,8 @@ class RadialFlow(TorchFlow):
 
 class HouseholderFlow(TorchFlow):
     """K reflections :math:`z \\mapsto z - 2 v (v^T z)` with :math:`v = v' / \\|v'\\|` from one linear head."""
+
+    orthogonal = True
 
     def __init__(self, latent_dim: int, context_dim: int, num_flows: int) -> None:
         super().__init__()
@@ -354,8 +360,11 @@ class TorchVAE(nn.Module):
         scale = F.softplus(raw_scale) + self.min_scale
         if eps is None:
             eps = torch.randn_like(loc)
-        eps_k, log_det = self.flow(eps, h)  # the flow acts on the standardized noise (guide.standardize)
-        z = loc + scale * eps_k
+        if self.flow.orthogonal:  # a rotation acts on z0 = mu + sigma * eps
+            z, log_det = self.flow(loc + scale * eps, h)
+        else:  # the flow acts on the standardized noise (guide.standardize)
+            eps_k, log_det = self.flow(eps, h)
+            z = loc + scale * eps_k
         log_q0 = (-0.5 * eps * eps - torch.log(scale) - HALF_LOG_2PI).sum(-1)
         log_prior = (-0.5 * z * z - HALF_LOG_2PI).sum(-1)
         log_lik = -F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="none").sum(-1)

@@ -109,6 +109,37 @@ def test_guide_samples_have_the_guide_density():
     assert torch.allclose(posterior.log_prob(z), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("standardize", [True, False])
+def test_a_householder_guide_has_the_full_covariance_of_a_rotated_gaussian(standardize):
+    """A Householder flow is a rotation U: on z0 = mu + sigma * eps it gives N(U mu, U diag(sigma^2) U^T), a full
+    covariance. On the standardized noise it would change nothing (U eps is N(0, I) again), so the guide applies it
+    to z0 whatever guide.standardize says; the sample covariance must have U's off-diagonal terms."""
+
+    class Context(torch.nn.Module):
+        context_dim = 1
+
+        def forward(self, x):
+            return torch.ones(x.shape[0], 1)
+
+    torch.manual_seed(0)
+    guide = AmortizedFlowGuide(Context(), 2, flow="householder", num_flows=1, standardize=standardize)
+    with torch.no_grad():
+        guide.base_head.weight.zero_()
+        guide.base_head.bias.copy_(torch.tensor([1.0, 0.0, 1.0, -3.0]))  # mu = (1, 0), sigma = softplus(1, -3)
+        guide.flow.head.weight.zero_()
+        guide.flow.head.bias.copy_(torch.tensor([1.0, 0.3]))  # one reflection, v = (1, 0.3)
+    assert not guide.flow_on_noise
+    mu = torch.tensor([1.0, 0.0])
+    sigma = torch.nn.functional.softplus(torch.tensor([1.0, -3.0])) + guide.min_scale
+    v = torch.tensor([1.0, 0.3])
+    reflection = torch.eye(2) - 2 * torch.outer(v, v) / v.dot(v)
+    z = guide.get_posterior(torch.zeros(20000, 1)).sample()
+    assert torch.allclose(z.mean(0), reflection @ mu, atol=0.03)
+    expected = reflection @ torch.diag(sigma**2) @ reflection.T
+    assert torch.allclose(torch.cov(z.T), expected, atol=0.03), (torch.cov(z.T), expected)
+    assert abs(float(expected[0, 1])) > 0.2  # far from diagonal: the test could tell
+
+
 def test_a_planar_layer_on_standardized_noise_is_a_planar_layer_on_z():
     """The identity the guide's docstring states: (u, w, b) on eps is (sigma u, w / sigma, b - (w / sigma)^T mu) on z,
     with the same w^T u_hat, so both orders define one family of planar flows."""

@@ -197,7 +197,7 @@ def test_a_checkpoint_of_the_old_format_is_refused_with_what_to_do(tmp_path, tin
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     state["format_version"] = 1
     torch.save(state, tmp_path / "run" / "checkpoint.pt")
-    with pytest.raises(CheckpointError, match=r"checkpoint format 1, this pyro-flowvae reads format 4.*train it again"):
+    with pytest.raises(CheckpointError, match=r"checkpoint format 1, this pyro-flowvae reads format 5.*train it again"):
         runs.train(runs.as_config(config, ["train.epochs=2"]), tmp_path / "run", resume=True)
     # format 3 changed nothing for guides other than the banded GP-VAE guide: read as it is
     state["format_version"] = 3
@@ -207,6 +207,15 @@ def test_a_checkpoint_of_the_old_format_is_refused_with_what_to_do(tmp_path, tin
     torch.save(banded, tmp_path / "banded.pt")
     with pytest.raises(CheckpointError, match=r"format 3, .*format 4 bounds the banded GP-VAE guide's coupling"):
         load_checkpoint(tmp_path / "banded.pt")
+    # format 5 changed the Householder and radial flows only: their format 4 weights are refused, others read
+    state["format_version"] = 4
+    torch.save(state, tmp_path / "run" / "checkpoint.pt")
+    assert len(runs.train(runs.as_config(config, ["train.epochs=3"]), tmp_path / "run", resume=True).history) == 3
+    for flow in ("householder", "radial"):
+        changed = {**state, "config": {**state["config"], "guide": {**state["config"]["guide"], "flow": flow}}}
+        torch.save(changed, tmp_path / f"{flow}.pt")
+        with pytest.raises(CheckpointError, match=r"format 4, .*format 5 moved Householder flows onto z0"):
+            load_checkpoint(tmp_path / f"{flow}.pt")
 
 
 def test_a_checkpoint_written_before_a_key_existed_resumes_with_its_default(tmp_path, tiny_npz):

@@ -48,6 +48,9 @@ class ConditionalFlow(nn.Module):
     flow_name: ClassVar[str] = "?"
     #: The smallest valid ``num_flows``.
     min_flows: ClassVar[int] = 1
+    #: Whether the flow is a linear orthogonal map. Such a map leaves :math:`\mathcal{N}(0, I)` as it is, so the
+    #: guide applies it to :math:`z_0 = \mu + \sigma \odot \epsilon_0`, never to the standardized noise.
+    orthogonal: ClassVar[bool] = False
 
     def __init__(self, latent_dim: int, context_dim: int, num_flows: int) -> None:
         super().__init__()

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from pyro.distributions.transforms.radial import ConditionedRadial
 from torch import Tensor, nn
 from torch.distributions import Transform
+from torch.nn import functional as F
 
 from pyro_flowvae.flows.base import INIT_SCALE, ConditionalFlow
 from pyro_flowvae.flows.registry import register_flow
 
 __all__ = ["RadialFlow"]
+
+
+def _scaled_softplus_argument(x: Tensor, scale: float) -> Tensor:
+    r""":math:`y` with :math:`\mathrm{softplus}(y) = c\,\mathrm{softplus}(x)`:
+    :math:`y = s + \log(-\mathrm{expm1}(-s))` for :math:`s = c\,\mathrm{softplus}(x)`."""
+    s = scale * F.softplus(x)
+    return s + torch.log(-torch.expm1(-s))
 
 
 @register_flow("radial")
@@ -22,15 +32,28 @@ class RadialFlow(ConditionalFlow):
         :math:`\log|\det J_k| = (L-1)\log(1 + \beta_k h) + \log(1 + \beta_k h + \beta_k h'(\alpha_k, r)\,r)`,
 
     with :math:`r = \|\mathbf{z}_{k-1} - \mathbf{z}_{0,k}\|`, :math:`h(\alpha, r) = 1/(\alpha + r)`,
-    :math:`\alpha = \mathrm{softplus}(\alpha')` and :math:`\beta = -\alpha + \mathrm{softplus}(\beta')
-    > -\alpha` ([1] Appendix A.2, applied by Pyro's :class:`~pyro.distributions.transforms.radial.
-    ConditionedRadial`), which makes every flow invertible. The head has ``num_flows * (latent_dim + 2)``
-    outputs laid out as K rows of :math:`(\mathbf{z}_{0,k}, \alpha'_k, \beta'_k)`; Pyro takes
-    :math:`\mathbf{z}_0` of shape ``(*batch, L)`` and :math:`\alpha', \beta'` of shape ``(*batch, 1)``.
-    There is no analytic inverse: score only samples the flow drew itself (cache).
+    :math:`\alpha = c\,\mathrm{softplus}(\alpha')` and :math:`\beta = c\,(\mathrm{softplus}(\beta') -
+    \mathrm{softplus}(\alpha')) > -\alpha` ([1] Appendix A.2 with the scale :math:`c = \sqrt{L}`; applied by
+    Pyro's :class:`~pyro.distributions.transforms.radial.ConditionedRadial`, which is handed
+    :math:`\mathrm{softplus}^{-1}(c\,\mathrm{softplus}(\cdot))` of the head's outputs), which makes every flow
+    invertible. The head has ``num_flows * (latent_dim + 2)`` outputs laid out as K rows of
+    :math:`(\mathbf{z}_{0,k}, \alpha'_k, \beta'_k)`; Pyro takes :math:`\mathbf{z}_0` of shape ``(*batch, L)`` and
+    :math:`\alpha', \beta'` of shape ``(*batch, 1)``. There is no analytic inverse: score only samples the flow
+    drew itself (cache).
+
+    **The scale c.** The guide's flows read standardized noise, whose radius :math:`r` is about
+    :math:`\sqrt{L}` (6.3 for L = 40) and varies by about 0.7 between draws. With :math:`\alpha` of order 1 (c = 1,
+    [1]'s parametrisation) :math:`h \approx 1/r` is the same for every draw, the layer is a scaling about
+    :math:`\mathbf{z}_0` that the Gaussian's own scale already offers, and its radial slope
+    :math:`(\alpha / (\alpha + r))^2` is about 0.01: every unit saturated (the guide-only benchmark measured
+    -0.02 +- 0.02 nats against mean-field). The radial map commutes with scaling (a layer
+    :math:`(\alpha, \beta, \mathbf{z}_0)` on :math:`c\,\mathbf{u}` is the layer
+    :math:`(\alpha / c, \beta / c, \mathbf{z}_0 / c)` on :math:`\mathbf{u}`), so c changes no family, only the
+    scale the optimiser starts at: :math:`\alpha` of order r, where :math:`h` bends with r.
 
     Initialisation: the head's bias is zero, so :math:`\alpha' = \beta'` and :math:`\beta = 0` (the
-    identity) and its weights are PyTorch's default scaled by ``1e-2``: the flow starts near the identity.
+    identity) and its weights are PyTorch's default scaled by ``1e-2``: the flow starts near the identity, with
+    :math:`\alpha = \sqrt{L}\,\log 2` (radial slope about 0.17 on standardized noise).
 
     [1] Danilo Jimenez Rezende, Shakir Mohamed. Variational Inference with Normalizing Flows. ICML 2015.
     [arXiv:1505.05770]
@@ -41,6 +64,8 @@ class RadialFlow(ConditionalFlow):
 
     def __init__(self, latent_dim: int, context_dim: int, num_flows: int) -> None:
         super().__init__(latent_dim, context_dim, num_flows)
+        #: c: alpha and beta are c times [1]'s (see the class docstring)
+        self.scale = math.sqrt(latent_dim)
         self.head = nn.Linear(context_dim, num_flows * (latent_dim + 2))
         self.reset_parameters()
 
@@ -55,6 +80,7 @@ class RadialFlow(ConditionalFlow):
         self.check_context(context)
         params = self.head(context).unflatten(-1, (self.num_flows, self.latent_dim + 2))
         x0, alpha, beta = params.split([self.latent_dim, 1, 1], dim=-1)
+        alpha, beta = _scaled_softplus_argument(alpha, self.scale), _scaled_softplus_argument(beta, self.scale)
         return [
             ConditionedRadial(params=(x0[..., k, :], alpha[..., k, :], beta[..., k, :])) for k in range(self.num_flows)
         ]

@@ -53,7 +53,8 @@ class AmortizedFlowGuide(nn.Module):
     0.05 in 98% of the units after 3 epochs), leaving a constant shift. The two orders define the same family
     of planar flows when the parameters are read from h (a layer :math:`(\mathbf{u}, \mathbf{w}, b)` on
     :math:`\epsilon` is the layer :math:`(\sigma\odot\mathbf{u}, \mathbf{w}/\sigma, b - (\mathbf{w}/\sigma)^T
-    \mu)` on z); what differs is the scale the optimiser works at.
+    \mu)` on z); what differs is the scale the optimiser works at. An orthogonal flow (Householder) acts on
+    :math:`z_0` in both cases: on :math:`\mathcal{N}(0, I)` it would change nothing (:attr:`flow_on_noise`).
 
     Calling the guide runs::
 
@@ -108,6 +109,12 @@ class AmortizedFlowGuide(nn.Module):
         self.base_head = nn.Linear(context_dim, 2 * latent_dim)
         self.flow: ConditionalFlow = build_flow(flow, latent_dim, context_dim, num_flows, **(flow_options or {}))
 
+    @property
+    def flow_on_noise(self) -> bool:
+        r"""Whether the flow reads the standardized noise: ``standardize``, unless the flow is orthogonal (a
+        rotation of :math:`\mathcal{N}(0, I)` is :math:`\mathcal{N}(0, I)`, so it must act on :math:`z_0`)."""
+        return self.standardize and not self.flow.orthogonal
+
     # -- the steps, each overridable -------------------------------------------------------------------
     def get_context(self, *args: Any, **kwargs: Any) -> Tensor:
         """h = encoder(x), x being the first argument the model is called with."""
@@ -126,11 +133,11 @@ class AmortizedFlowGuide(nn.Module):
     def get_flow_input(self, context: Tensor) -> tuple[dist.TorchDistribution, list[Transform]]:
         r"""The distribution the flow reads and the transforms after the flow.
 
-        ``standardize``: :math:`\mathcal{N}(0, I)` and the affine map to :math:`q_0`; otherwise :math:`q_0`
-        and nothing. :meth:`get_posterior` is ``TransformedDistribution(input, flow + after)``.
+        :attr:`flow_on_noise`: :math:`\mathcal{N}(0, I)` and the affine map to :math:`q_0`; otherwise
+        :math:`q_0` and nothing. :meth:`get_posterior` is ``TransformedDistribution(input, flow + after)``.
         """
         base = self.get_base_dist(context)
-        if not self.standardize:
+        if not self.flow_on_noise:
             return base, []
         normal = base.base_dist
         noise = dist.Normal(torch.zeros_like(normal.loc), torch.ones_like(normal.scale)).to_event(1)

@@ -27,9 +27,24 @@ __all__ = [
 #: centered, so the same weights of format 2 mean another q(z | x).
 #: 4: the banded GP-VAE guide bounds its coupling, phi = tanh(head output), so its weights of format 3 mean another
 #: q(z | x); format 3 checkpoints of every other guide are read as they are.
-FORMAT_VERSION = 4
+#: 5: Householder flows act on z0 = mu + sigma * eps (on the standardized noise they changed nothing) and start at
+#: the identity; radial flows scale alpha and beta by sqrt(L). Format 3 and 4 checkpoints of other flows are read.
+FORMAT_VERSION = 5
+#: flows whose weights of format 4 mean another q(z | x)
+_CHANGED_IN_5 = ("householder", "radial")
+
+
+def _flow_unchanged_since_4(config: dict[str, Any]) -> bool:
+    return config.get("guide", {}).get("flow", "mean_field") not in _CHANGED_IN_5
+
+
 #: older formats whose checkpoints this version reads, each with the config test that says when
-_COMPATIBLE = {3: lambda config: config.get("guide", {}).get("covariance", "diagonal") != "banded"}
+_COMPATIBLE = {
+    3: lambda config: (
+        config.get("guide", {}).get("covariance", "diagonal") != "banded" and _flow_unchanged_since_4(config)
+    ),
+    4: _flow_unchanged_since_4,
+}
 
 #: keys that may change between a run and its resumption: they do not change the model or the trained state, or
 #: they are a deliberate choice (a smaller ``train.lr`` is what the divergence message recommends). Where the data
@@ -85,10 +100,11 @@ def load_checkpoint(
     if version != FORMAT_VERSION and not (version in _COMPATIBLE and _COMPATIBLE[version](state.get("config", {}))):
         raise CheckpointError(
             f"{path} has checkpoint format {state['format_version']}, this pyro-flowvae reads format "
-            f"{FORMAT_VERSION} (format 4 bounds the banded GP-VAE guide's coupling with a tanh, so banded weights of "
-            "format 3 would describe another posterior; format 3 moved the guide's flow onto standardized noise and "
-            "centered the planar layers; format 2 had moved training to "
-            "torch.optim); its weights cannot be resumed or scored here: train it again into a new run directory, or "
+            f"{FORMAT_VERSION} (format 5 moved Householder flows onto z0 and rescaled radial flows, so their weights "
+            "of format 4 would describe another posterior; format 4 bounds the banded GP-VAE guide's coupling with a "
+            "tanh, so banded weights of format 3 would describe another posterior; format 3 moved the guide's flow "
+            "onto standardized noise and centered the planar layers; format 2 had moved training to torch.optim); "
+            "its weights cannot be resumed or scored here: train it again into a new run directory, or "
             "use the pyro-flowvae version that wrote it"
         )
     if config is not None:

@@ -275,9 +275,13 @@ def test_sample_dims_broadcast_over_the_context_batch(name, options):
 
 
 # -- initialisation ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", [n for n in flow_names() if n != "householder"])
+@pytest.mark.parametrize("name", flow_names())
 @pytest.mark.parametrize("num_flows", [2, 3])
 def test_fresh_flow_starts_near_identity(name, num_flows):
+    """Every family starts near the identity map; Householder pairs its reflections (H H = I), so for odd K its
+    last reflection has no partner and it starts one reflection away."""
+    if name == "householder" and num_flows % 2:
+        pytest.skip("an odd number of reflections cannot be the identity")
     torch.manual_seed(0)
     flow = build_flow(name, 4, 16, num_flows)
     z0 = torch.randn(32, 4)

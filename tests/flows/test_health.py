@@ -66,6 +66,16 @@ def test_planar_slopes_are_the_derivative_of_each_layer_along_w():
         z = z + u_hat[:, k] * torch.tanh(a)
 
 
+def test_fresh_radial_is_not_saturated_on_standardized_noise_at_full_size():
+    """On eps ~ N(0, I) in L = 40 dimensions r is about sqrt(40) = 6.3; with [1]'s alpha = softplus(0) = 0.69 the
+    radial slope (alpha / (alpha + r))^2 is about 0.01, every unit saturated from the start. The flow scales alpha
+    by sqrt(L): slope about 0.17."""
+    torch.manual_seed(0)
+    g = AmortizedFlowGuide(nn.Identity(), 40, flow="radial", num_flows=4, context_dim=300)
+    record = flow_health(g, torch.relu(torch.randn(50, 300)), num_samples=16)
+    assert all(layer["saturated"] == 0.0 and 0.12 < layer["median_slope"] < 0.25 for layer in record["layers"])
+
+
 def test_radial_slope_is_its_relative_radial_derivative():
     g = guide("radial", num_flows=1)
     with torch.no_grad():
