@@ -430,23 +430,35 @@ def pythae_block() -> str:
     return "\n".join(lines)
 
 
-def guide_only_block() -> str:
-    loaded = _load("guide_only_cpu.json") or _load("guide_only_cuda.json")
+def _decoder_words(decoder: dict) -> str:
+    """How the guide-only benchmark's decoder was trained, from its overrides."""
+    overrides = dict(o.split("=", 1) for o in decoder.get("overrides", []))
+    if overrides.get("train.elbo") == "iwae":
+        return f"decoder trained on the IWAE bound with K={overrides.get('train.num_particles', '?')}"
+    return "mean-field decoder" if not overrides else f"decoder trained with {', '.join(decoder['overrides'])}"
+
+
+def guide_only_block(stem: str = "guide_only") -> str:
+    loaded = _load(f"{stem}_cpu.json") or _load(f"{stem}_cuda.json")
     if loaded is None:
-        return "_Not measured yet: run `python benchmarks/guide_only.py --data-root DATA`._"
+        return f"_Not measured yet: run `python benchmarks/guide_only.py --data-root DATA` ({stem})._"
     data, path = loaded
     st, dec = data["settings"], data["decoder"]
+    schedule = {"cosine": ", decayed to 0 on a cosine"}.get(st.get("lr_schedule", "constant"), "")
+    command = data.get("command", "")
     lines = [
-        f"One mean-field decoder ({dec['epochs']} epochs of `{dec['config'].split()[0]}`, test log p(x) "
+        f"One {_decoder_words(dec)} ({dec['epochs']} epochs of `{dec['config'].split()[0]}`, test log p(x) "
         f"{dec['test_log_px']:.2f}) frozen; each guide warm-started from its encoder and trained for {st['steps']} "
-        f"steps of batch {st['batch_size']} (Adam {st['lr']}, the flow's parameters at "
+        f"steps of batch {st['batch_size']} (Adam {st['lr']}{schedule}, the flow's parameters at "
         f"{st.get('flow_lr_scale', 1.0)} of it); all scored with {st['iw_samples']} importance samples "
         f"on the same {st['test_images']} test images. Gain: the paired ELBO difference against mean-field, with its "
-        f"standard error over the images. Measured on {data['machine']} (`{path}`).",
+        f"standard error over the images. Measured on {data['machine']} (`{path}`"
+        + (f", `{command}`" if command else "")
+        + ").",
         "",
         "| guide | test ELBO | gain over mean-field (nats) | target | test log p(x) | gap log p(x) - ELBO "
-        "| worst layer saturated | guide parameters |",
-        "|---|---|---|---|---|---|---|---|",
+        "| worst layer saturated | guide parameters | training time |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["rows"]:
         target = f">= {r['target_gain']}" if r["target_gain"] is not None else ""
@@ -454,7 +466,7 @@ def guide_only_block() -> str:
         lines.append(
             f"| {r['guide']} | {r['test_elbo']:.2f} | {r['elbo_gain_over_mean_field']:+.2f} +- "
             f"{r['elbo_gain_stderr']:.2f} | {target} | {r['test_log_px']:.2f} | {r['gap_log_px_minus_elbo']:.2f} "
-            f"| {sat} | {r['guide_params']:,} |"
+            f"| {sat} | {r['guide_params']:,} | {r['train_seconds']:.0f} s |"
         )
     return "\n".join(lines)
 
@@ -473,6 +485,7 @@ BLOCKS = {
     "speed-table": speed_block,
     "likelihood-table": likelihood_block,
     "guide-only-table": guide_only_block,
+    "guide-only-iwae-table": lambda: guide_only_block("guide_only_iwae"),
     "seed-table": seed_block,
     "iw-eval-table": iw_eval_block,
     "pythae-table": pythae_block,

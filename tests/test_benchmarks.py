@@ -115,9 +115,9 @@ def test_guide_only_benchmark_keeps_the_decoder_and_starts_every_flow_at_mean_fi
 
     bench = load("guide_only")
     argv = ["--data-root", str(binarized_root), "--smoke", "--out", str(tmp_path)]
-    # (not householder: a rotation leaves N(0, I) as it is but moves each draw, so its per-image ELBO differs by
-    # sampling noise; tests/flows/test_flows.py checks its distribution instead)
-    guides = ["--guides", "mean_field,planar:4,iaf:1,sylvester_orthogonal:2,sylvester_triangular:2"]
+    # (householder with an even K: its reflections start in equal pairs, the identity)
+    flows = "planar:4,radial:2,householder:2,iaf:1,sylvester_orthogonal:2,sylvester_triangular:2"
+    guides = ["--guides", f"mean_field,{flows}"]
     rows = bench.main([*argv, *guides, "--steps", "0"])
     assert rows[0]["guide"] == "mean_field" and rows[0]["elbo_gain_over_mean_field"] == 0.0
     assert all(abs(r["elbo_gain_over_mean_field"]) < 0.05 for r in rows)
