@@ -49,7 +49,10 @@ class RadialFlow(ConditionalFlow):
     -0.02 +- 0.02 nats against mean-field). The radial map commutes with scaling (a layer
     :math:`(\alpha, \beta, \mathbf{z}_0)` on :math:`c\,\mathbf{u}` is the layer
     :math:`(\alpha / c, \beta / c, \mathbf{z}_0 / c)` on :math:`\mathbf{u}`), so c changes no family, only the
-    scale the optimiser starts at: :math:`\alpha` of order r, where :math:`h` bends with r.
+    scale the optimiser starts at: :math:`\alpha` of order r, where :math:`h` bends with r. It keeps the units out
+    of saturation; it cannot make r vary more within one posterior. In 40 dimensions h still varies by under 10%
+    across a posterior's draws, and on the guide-only benchmark radial K=16 stays level with mean-field
+    (+0.00 +- 0.01 nats); in 2 dimensions (notebook 03) it is a real flow.
 
     Initialisation: the head's bias is zero, so :math:`\alpha' = \beta'` and :math:`\beta = 0` (the
     identity) and its weights are PyTorch's default scaled by ``1e-2``: the flow starts near the identity, with
