@@ -17,9 +17,9 @@ differences against mean-field carry standard errors over the images; the log p(
 agree across guides up to the estimator's error).
 
 Why the decay: at a constant learning rate the test ELBO of the last iterate moves by 0.1-0.4 nats from one
-500-step checkpoint to the next (mean-field: -99.06, -98.90, -99.09, -98.97, -98.64 at steps 1000-3000), as much
-as the differences between guides, so a ranking would rank the noise of one iterate. Decayed to 0, every guide
-ends settled (mean-field -97.23 at step 3000, 1.4 nats better). The decoder run is
+500-step checkpoint to the next (mean-field, 20-sample checks: -99.06, -98.90, -99.09, -98.97, -98.64 at steps
+1000-3000), as much as the differences between guides, so a ranking would rank the noise of one iterate. Decayed to
+0, every guide ends settled (mean-field -97.23 at step 3000 in the same check, 1.4 nats better). The decoder run is
 ``examples/configs/binarized_mnist_likelihood.toml`` with the mean-field guide, for ``--decoder-epochs`` epochs.
 
 Writes benchmarks/results/guide_only_<device>.json and docs/img/guide_only.png.
@@ -215,7 +215,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, nothing written to benchmarks/results")
     args = parser.parse_args(argv)
     # the command as run, the data folder written DATA (no local paths in committed results)
-    command = ["DATA" if a == args.data_root else a for a in (sys.argv[1:] if argv is None else argv)]
+    command = [
+        "DATA" if a == args.data_root else "--data-root=DATA" if a.startswith("--data-root=") else a
+        for a in (sys.argv[1:] if argv is None else argv)
+    ]
     if args.smoke:
         args.iw_samples, args.test_limit = 10, 20
         if args.guides == DEFAULT_GUIDES:

@@ -212,10 +212,12 @@ def test_a_checkpoint_of_the_old_format_is_refused_with_what_to_do(tmp_path, tin
     torch.save(state, tmp_path / "run" / "checkpoint.pt")
     assert len(runs.train(runs.as_config(config, ["train.epochs=3"]), tmp_path / "run", resume=True).history) == 3
     for flow in ("householder", "radial"):
-        changed = {**state, "config": {**state["config"], "guide": {**state["config"]["guide"], "flow": flow}}}
-        torch.save(changed, tmp_path / f"{flow}.pt")
-        with pytest.raises(CheckpointError, match=r"format 4, .*format 5 moved Householder flows onto z0"):
-            load_checkpoint(tmp_path / f"{flow}.pt")
+        for version in (3, 4):
+            guide = {**state["config"]["guide"], "flow": flow}
+            changed = {**state, "format_version": version, "config": {**state["config"], "guide": guide}}
+            torch.save(changed, tmp_path / f"{flow}.pt")
+            with pytest.raises(CheckpointError, match=rf"format {version}, .*format 5 moved Householder flows onto z0"):
+                load_checkpoint(tmp_path / f"{flow}.pt")
 
 
 def test_a_checkpoint_written_before_a_key_existed_resumes_with_its_default(tmp_path, tiny_npz):

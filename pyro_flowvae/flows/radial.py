@@ -18,8 +18,9 @@ __all__ = ["RadialFlow"]
 
 def _scaled_softplus_argument(x: Tensor, scale: float) -> Tensor:
     r""":math:`y` with :math:`\mathrm{softplus}(y) = c\,\mathrm{softplus}(x)`:
-    :math:`y = s + \log(-\mathrm{expm1}(-s))` for :math:`s = c\,\mathrm{softplus}(x)`."""
-    s = scale * F.softplus(x)
+    :math:`y = s + \log(-\mathrm{expm1}(-s))` for :math:`s = c\,\mathrm{softplus}(x)`, s kept above the dtype's
+    smallest normal number (softplus underflows to 0 below x of about -103 in float32, where y would be -inf)."""
+    s = (scale * F.softplus(x)).clamp_min(torch.finfo(x.dtype).tiny)
     return s + torch.log(-torch.expm1(-s))
 
 
@@ -67,7 +68,8 @@ class RadialFlow(ConditionalFlow):
 
     def __init__(self, latent_dim: int, context_dim: int, num_flows: int) -> None:
         super().__init__(latent_dim, context_dim, num_flows)
-        #: c: alpha and beta are c times [1]'s (see the class docstring)
+        #: c: alpha and beta are c times [1]'s (see the class docstring); sqrt(L) whatever the flow reads, the radius
+        #: of the standardized noise the guide gives it by default (with guide.standardize = false, a heuristic)
         self.scale = math.sqrt(latent_dim)
         self.head = nn.Linear(context_dim, num_flows * (latent_dim + 2))
         self.reset_parameters()

@@ -182,6 +182,20 @@ def test_radial_stays_invertible_for_adversarial_beta():
         assert torch.allclose(log_det[i], logabsdet, atol=1e-8)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_radial_scale_is_exact_and_finite_at_extreme_head_outputs(dtype):
+    """softplus(y) = c * softplus(x) across the range of x, and y and its gradient stay finite where softplus(x)
+    underflows (x of -200 in float32)."""
+    from pyro_flowvae.flows.radial import _scaled_softplus_argument
+
+    x = torch.tensor([-200.0, -50.0, -5.0, 0.0, 5.0, 50.0], dtype=dtype, requires_grad=True)
+    y = _scaled_softplus_argument(x, 6.0)
+    ratio = torch.nn.functional.softplus(y[1:]) / torch.nn.functional.softplus(x[1:])
+    assert torch.allclose(ratio, torch.full_like(ratio, 6.0), rtol=1e-5)
+    y.sum().backward()
+    assert y.isfinite().all() and x.grad.isfinite().all()
+
+
 # -- 2. inverses ---------------------------------------------------------------------------------------
 def test_has_inverse_of_builtin_families():
     expected = {"mean_field": True, "planar": False, "radial": False, "householder": True, "iaf": True}
