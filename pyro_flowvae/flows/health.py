@@ -91,7 +91,7 @@ def flow_health(guide: Any, x: Tensor, num_samples: int = 32, seed: int = 0) -> 
         transforms = guide.get_transforms(context)
         record: dict[str, Any] = {
             "flow": guide.flow_name,
-            "standardize": bool(getattr(guide, "flow_on_noise", False)),
+            "standardize": bool(getattr(guide, "flow_on_noise", False)),  # the flow read eps (not z0)
             "num_datapoints": int(x.shape[0]),
             "num_samples": num_samples,
             "threshold": SATURATED,
