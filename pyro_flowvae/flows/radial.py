@@ -46,8 +46,8 @@ class RadialFlow(ConditionalFlow):
     :math:`\sqrt{L}` (6.3 for L = 40) and varies by about 0.7 between draws. With :math:`\alpha` of order 1 (c = 1,
     [1]'s parametrisation) :math:`h \approx 1/r` is the same for every draw, the layer is a scaling about
     :math:`\mathbf{z}_0` that the Gaussian's own scale already offers, and its radial slope
-    :math:`(\alpha / (\alpha + r))^2` is about 0.01: every unit saturated (the guide-only benchmark measured
-    -0.02 +- 0.02 nats against mean-field). The radial map commutes with scaling (a layer
+    :math:`(\alpha / (\alpha + r))^2` is about 0.01: every unit saturated (the guide-only benchmark at a constant
+    learning rate measured -0.02 +- 0.02 nats against mean-field). The radial map commutes with scaling (a layer
     :math:`(\alpha, \beta, \mathbf{z}_0)` on :math:`c\,\mathbf{u}` is the layer
     :math:`(\alpha / c, \beta / c, \mathbf{z}_0 / c)` on :math:`\mathbf{u}`), so c changes no family, only the
     scale the optimiser starts at: :math:`\alpha` of order r, where :math:`h` bends with r. It keeps the units out
